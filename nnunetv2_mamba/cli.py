@@ -1,0 +1,45 @@
+"""The ``nnunetv2_mamba`` command. Each subcommand is a module of :mod:`nnunetv2_mamba.commands` listed below,
+exposing ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int | None``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS: list[tuple[str, str]] = [
+    ("plans", "nnunetv2_mamba.commands.plans"),
+    ("ext-trainer-path", "nnunetv2_mamba.commands.ext_trainer_path"),
+    ("doctor", "nnunetv2_mamba.commands.doctor"),
+    ("slim-checkpoint", "nnunetv2_mamba.commands.slim_checkpoint"),
+    ("challenge-predict", "nnunetv2_mamba.commands.challenge_predict"),
+    ("demo", "nnunetv2_mamba.commands.demo"),
+    ("convert-h5", "nnunetv2_mamba.commands.convert_h5"),
+    ("simulate-scribbles", "nnunetv2_mamba.commands.simulate_scribbles"),
+    ("check-scribbles", "nnunetv2_mamba.commands.check_scribbles"),
+    ("evaluate", "nnunetv2_mamba.commands.evaluate"),
+    ("predict-clicks", "nnunetv2_mamba.commands.predict_clicks"),
+    ("preprocess-unlabeled", "nnunetv2_mamba.commands.preprocess_unlabeled"),
+    ("remove-small-components", "nnunetv2_mamba.commands.remove_small_components"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nnunetv2_mamba",
+        description="Mamba networks and scribble-supervised training for nnU-Net v2. Run a subcommand with -h.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS:
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=module.HELP, description=module.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return args.run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ACDC_DIR = Path(os.environ.get("NNUNETV2_MAMBA_ACDC", REPO.parent / "shared" / "data" / "acdc_scribble"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def acdc_dir() -> Path:
+    """The real ACDC scribble data (WSL4MIS HDF5 layout); skips where it is not present (a user's machine)."""
+    if not (ACDC_DIR / "splits.json").is_file():
+        pytest.skip(f"ACDC scribble data not found at {ACDC_DIR} (set NNUNETV2_MAMBA_ACDC to its folder); "
+                    "it is only available in this project's CI")
+    return ACDC_DIR
