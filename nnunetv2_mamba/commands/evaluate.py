@@ -1,0 +1,48 @@
+"""Evaluate predictions against dense references, per case and class: Dice, IoU, accuracy, precision, sensitivity,
+specificity, HD95, ASD and ASSD (distances in mm from the image spacing, or pixels with --pixels; 3D volumes as a
+whole). Writes OUTPUT.json and OUTPUT.csv and prints the class means, the foreground mean and the mean with
+background. Undefined values (e.g. Dice of a class absent from both, distances when a mask is empty) are left out of
+the means and counted; see documentation/metrics.md.
+
+Examples:
+  nnunetv2_mamba evaluate -ref $nnUNet_raw/Dataset027_ACDCScribble/labelsTs -pred predictions/
+  nnunetv2_mamba evaluate -ref $nnUNet_raw/Dataset027_ACDCScribble/labelsTr_dense \\
+      -pred $nnUNet_results/Dataset027_ACDCScribble/TRAINER__nnUNetPlans__2d/fold_0/validation
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nnunetv2_mamba.evaluation.metrics import evaluate_folders, format_table
+
+HELP = "Dice, HD95, ASD and more of a prediction folder against dense references"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-ref", "--reference", type=Path, required=True, help="folder of dense reference labels")
+    parser.add_argument("-pred", "--prediction", type=Path, required=True, help="folder of predictions")
+    parser.add_argument("-djfile", "--dataset-json", type=Path,
+                        help="dataset.json giving labels and file ending (default: the one in the prediction folder, "
+                             "which nnU-Net writes there, else the one beside the reference folder)")
+    parser.add_argument("-o", "--output", type=Path,
+                        help="output path without suffix (default: PREDICTION/metrics, giving metrics.json/.csv)")
+    parser.add_argument("--pixels", action="store_true", help="distances in pixels instead of mm")
+    parser.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    dataset_json = args.dataset_json
+    if dataset_json is None:
+        candidates = [args.prediction / "dataset.json", args.reference.parent / "dataset.json"]
+        dataset_json = next((c for c in candidates if c.is_file()), None)
+        if dataset_json is None:
+            print(f"error: no dataset.json in {candidates[0].parent} or {candidates[1].parent}; pass -djfile")
+            return 1
+    output = args.output if args.output is not None else args.prediction / "metrics"
+    results = evaluate_folders(args.reference, args.prediction, dataset_json, output, use_spacing=not args.pixels,
+                               num_processes=args.num_processes)
+    print(format_table(results))
+    print(f"wrote {output.with_suffix('.json')} and {output.with_suffix('.csv')}")
+    return 0

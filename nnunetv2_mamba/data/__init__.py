@@ -1,0 +1,1 @@
+"""Datasets in nnU-Net raw format: scribble datasets, converters, the synthetic demo dataset."""

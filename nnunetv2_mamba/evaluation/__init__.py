@@ -1,0 +1,1 @@
+"""Segmentation metrics against dense references."""
