@@ -1,0 +1,1 @@
+"""nnU-Net trainers for our networks and for scribble supervision."""

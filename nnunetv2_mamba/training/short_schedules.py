@@ -1,0 +1,33 @@
+"""Short training schedules: nnU-Net's shortest stock trainer (``nnUNetTrainer_1epoch``) still runs 250 iterations
+plus 50 validation iterations, far too long for CPU smoke tests and the demo."""
+
+from __future__ import annotations
+
+import torch
+
+from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba
+
+
+class nnUNetTrainerMamba_smoke(nnUNetTrainerMamba):
+    """2 epochs of 2 iterations, 1 validation iteration, a checkpoint after every epoch: end-to-end tests of the whole
+    training pipeline (resuming with ``--c`` included) in seconds."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.num_iterations_per_epoch = 2
+        self.num_val_iterations_per_epoch = 1
+        self.save_every = 1
+
+
+class nnUNetTrainerMamba_demo(nnUNetTrainerMamba):
+    """5 epochs of 20 iterations in 2D or 8 in 3D (where a CPU iteration costs several times more), 1 validation
+    iteration each: enough for the demo's synthetic structures to be found, in about a minute per network on a CPU."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 5
+        self.num_iterations_per_epoch = 20 if len(self.configuration_manager.patch_size) == 2 else 8
+        self.num_val_iterations_per_epoch = 1
