@@ -1,0 +1,1 @@
+"""Post-processing of nnU-Net prediction folders."""

@@ -1,0 +1,127 @@
+"""Weak-Mamba-UNet's loss (Wang et al. 2024) for several networks trained on scribbles, with nnU-Net's losses and
+deep supervision.
+
+For every network i: ``pce_weight * pCE(logits_i, scribbles) + pseudo_label_weight * Dice(logits_i, pseudo label)``,
+summed over the networks. pCE is nnU-Net's cross-entropy over the scribbled pixels (the ignore label is skipped); the
+pseudo label is ``argmax(sum_i w_i softmax(logits_i))`` with weights ``w ~ Dirichlet(1, ..., 1)`` drawn anew for
+every batch (the anchor's two sorted uniform cut points are exactly Dirichlet(1, 1, 1)), from detached
+probabilities; the Dice is nnU-Net's ``MemoryEfficientSoftDiceLoss`` over all classes, background included, as the
+anchor's Dice loss.
+
+Deep supervision: every output of a network is compared with the targets at its own scale. nnU-Net's data loader
+provides scribble targets at the scales of the plans' (CNN's) strides; an output whose scale is among them is matched
+by shape, any other gets the full-resolution targets resized with nearest neighbours, as nnU-Net's
+``DownsampleSegForDSTransform`` does. The pseudo label is computed at full resolution and resized the same way.
+Outputs are weighted as nnU-Net does (1, 1/2, 1/4, ..., the lowest 0, normalised), per network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
+from nnunetv2.utilities.helpers import softmax_helper_dim1
+
+Output = torch.Tensor | Sequence[torch.Tensor]
+
+
+def as_list(output: Output) -> list[torch.Tensor]:
+    """A network's (or data loader's) output as a list of scales, highest resolution first."""
+    return list(output) if isinstance(output, (list, tuple)) else [output]
+
+
+def deep_supervision_weights(num_outputs: int) -> list[float]:
+    """nnU-Net's weights of deep-supervision outputs: halving per scale, the lowest scale 0, normalised to sum 1."""
+    if num_outputs == 1:
+        return [1.0]
+    weights = [0.5 ** i for i in range(num_outputs - 1)] + [0.0]
+    return [w / sum(weights) for w in weights]
+
+
+def resize_labels(labels: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Label maps (b, 1, *spatial) resized to ``shape`` with nnU-Net's deep-supervision downsampling (nearest-exact)."""
+    if tuple(labels.shape[2:]) == tuple(shape):
+        return labels
+    return F.interpolate(labels.float(), size=tuple(shape), mode="nearest-exact").to(labels.dtype)
+
+
+def match_targets(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """For every output, the target of the same spatial shape, else the full-resolution target resized to it."""
+    by_shape = {tuple(t.shape[2:]): t for t in reversed(targets)}  # the first of equal shapes wins
+    matched = []
+    for output in outputs:
+        shape = tuple(output.shape[2:])
+        matched.append(by_shape[shape] if shape in by_shape else resize_labels(targets[0], shape))
+    return matched
+
+
+def pseudo_label(probabilities: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """``argmax_c sum_i weights[i] * probabilities[i][:, c]`` as a (b, 1, *spatial) label map."""
+    if len(probabilities) != len(weights):
+        raise ValueError(f"{len(probabilities)} probability maps but {len(weights)} weights")
+    mixed = sum(w * p for w, p in zip(weights, probabilities))
+    return mixed.argmax(1, keepdim=True)
+
+
+class PartialCrossEntropy(RobustCrossEntropyLoss):
+    """Cross-entropy over the pixels whose target is not ``ignore_index``; zero (with a graph, so DDP sees every
+    parameter used) where a batch has no labeled pixel, instead of nnU-Net's NaN."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not bool((target != self.ignore_index).any()):
+            return logits.sum() * 0.0
+        return super().forward(logits, target)
+
+
+class CrossSupervisionLoss(nn.Module):
+    """The loss of the module docstring; ``forward(outputs, target)`` takes ``{network name: logits or
+    deep-supervision list}`` and nnU-Net's target (a tensor or list of scales) and returns the loss per network.
+
+    ``pseudo_label_scale`` multiplies ``pseudo_label_weight`` (the trainer's ramp-up sets it). After each call,
+    ``last_weights`` holds the drawn pseudo-label weights in the order of ``outputs``.
+    """
+
+    def __init__(self, ignore_label: int | None, pce_weight: float = 1.0, pseudo_label_weight: float = 1.0,
+                 batch_dice: bool = False, ddp: bool = False):
+        super().__init__()
+        self.pce = PartialCrossEntropy(ignore_index=ignore_label if ignore_label is not None else -100)
+        self.dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=batch_dice, do_bg=True,
+                                                smooth=1e-5, ddp=ddp)
+        self.pce_weight, self.pseudo_label_weight = pce_weight, pseudo_label_weight
+        self.pseudo_label_scale = 1.0
+        self.last_weights: torch.Tensor | None = None
+
+    def draw_weights(self, num_networks: int, device: torch.device) -> torch.Tensor:
+        """Pseudo-label weights ~ Dirichlet(1, ..., 1), from torch's global generator (seeded by the caller)."""
+        return torch.distributions.Dirichlet(torch.ones(num_networks)).sample().to(device)
+
+    def forward(self, outputs: Mapping[str, Output], target: Output) -> dict[str, torch.Tensor]:
+        outputs = {name: as_list(output) for name, output in outputs.items()}
+        targets = as_list(target)
+        pseudo_weight = self.pseudo_label_weight * self.pseudo_label_scale
+        labels = self._pseudo_label(outputs) if pseudo_weight else None
+        losses = {}
+        for name, scales in outputs.items():
+            terms = []
+            for weight, logits, scribbles in zip(deep_supervision_weights(len(scales)), scales,
+                                                 match_targets(scales, targets)):
+                term = self.pce_weight * self.pce(logits, scribbles)
+                if labels is not None:
+                    term = term + pseudo_weight * self.dice(logits, resize_labels(labels, logits.shape[2:]))
+                terms.append(weight * term)  # a zero weight still keeps the output in the graph (DDP)
+            losses[name] = sum(terms)
+        return losses
+
+    @torch.no_grad()
+    def _pseudo_label(self, outputs: Mapping[str, list[torch.Tensor]]) -> torch.Tensor:
+        full = [scales[0] for scales in outputs.values()]
+        shapes = {tuple(x.shape) for x in full}
+        if len(shapes) != 1:
+            raise ValueError(f"the networks' full-resolution outputs differ in shape: "
+                             f"{ {name: tuple(s[0].shape) for name, s in outputs.items()} }")
+        self.last_weights = self.draw_weights(len(full), full[0].device)
+        return pseudo_label([x.float().softmax(1) for x in full], self.last_weights)

@@ -1,0 +1,385 @@
+"""nnUNetTrainerWeakMamba: loss pieces with known answers, deep-supervision matching, the ensemble output, the
+network built from plans, dense-label validation, checkpoint round trip and DDP on a 2-process gloo group (CPU)."""
+
+from __future__ import annotations
+
+import math
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import softmax_helper_dim1
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from scribble_nnunet import load_plans, scribble_environment
+
+from nnunetv2_mamba.data.scribble_dataset import ScribbleDatasetError
+from nnunetv2_mamba.nets.network_ensemble import NetworkEnsemble, ensemble_log_probabilities
+from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss, PartialCrossEntropy,
+                                                            deep_supervision_weights, match_targets, pseudo_label,
+                                                            resize_labels)
+from nnunetv2_mamba.training.dense_validation import DENSE_FOLDER, DenseValidationMixin
+from nnunetv2_mamba.training.nnUNetTrainerWeakMamba import MEMBER_ENVIRONMENT_VARIABLE, foreground_counts
+from nnunetv2_mamba.training.scribble_schedules import (nnUNetTrainerScribbleBaseline_smoke,
+                                                        nnUNetTrainerWeakMamba_smoke)
+
+IGNORE = 3  # three classes 0, 1, 2 in the crafted examples
+
+
+# ---------------------------------------------------------------------------------------------------- loss pieces
+
+def test_partial_cross_entropy_counts_scribbled_pixels_only():
+    logits = torch.tensor([[[[2.0, -1.0, 0.5, 3.0]], [[0.0, 4.0, 1.0, -2.0]], [[1.0, 0.0, 2.5, 0.0]]]],
+                          requires_grad=True)  # (1, 3, 1, 4)
+    target = torch.tensor([[[[0, IGNORE, 2, IGNORE]]]])
+    loss = PartialCrossEntropy(ignore_index=IGNORE)(logits, target)
+    expected = np.mean([-(2.0 - math.log(math.exp(2) + 1 + math.e)),
+                        -(2.5 - math.log(math.exp(0.5) + math.e + math.exp(2.5)))])
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert torch.all(logits.grad[..., [1, 3]] == 0) and torch.all(logits.grad[..., [0, 2]].abs().sum(1) > 0)
+
+
+def test_partial_cross_entropy_without_scribbles_is_zero_and_keeps_the_graph():
+    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
+    loss = PartialCrossEntropy(ignore_index=IGNORE)(logits, torch.full((1, 1, 2, 2), IGNORE))
+    loss.backward()
+    assert loss.item() == 0 and logits.grad is not None and torch.all(logits.grad == 0)
+
+
+# three networks' probabilities at one pixel: each alone votes 0, 2, 2; mixed half-half from the first two, class 1
+PROBABILITIES = [torch.tensor([0.6, 0.4, 0.0]), torch.tensor([0.0, 0.45, 0.55]), torch.tensor([0.3, 0.3, 0.4])]
+
+
+def _pixel(p: torch.Tensor) -> torch.Tensor:
+    return p.view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("weights, label", [((1.0, 0.0, 0.0), 0), ((0.0, 1.0, 0.0), 2), ((0.5, 0.5, 0.0), 1),
+                                            ((0.1, 0.1, 0.8), 2)])
+def test_pseudo_label_is_the_argmax_of_the_weighted_mix(weights, label):
+    result = pseudo_label([_pixel(p) for p in PROBABILITIES], torch.tensor(weights))
+    assert result.shape == (1, 1, 1, 1) and result.item() == label
+
+
+def _dice(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return MemoryEfficientSoftDiceLoss(softmax_helper_dim1, batch_dice=False, do_bg=True, smooth=1e-5,
+                                       ddp=False)(logits, labels)
+
+
+def test_loss_uses_the_drawn_weights_and_no_gradient_flows_through_the_pseudo_label():
+    # 2 x 2 pixels; pixel (0, 0) is the crafted one, the others agree on class 0
+    logits = {}
+    for name, p in zip("abc", PROBABILITIES):
+        probabilities = torch.tensor([0.8, 0.1, 0.1]).view(1, 3, 1, 1).repeat(1, 1, 2, 2)
+        probabilities[0, :, 0, 0] = p + 1e-6
+        logits[name] = probabilities.log().requires_grad_(True)
+    loss = CrossSupervisionLoss(IGNORE, pce_weight=0.0, pseudo_label_weight=1.0)
+    loss.draw_weights = lambda n, device: torch.tensor([0.5, 0.5, 0.0])
+    expected_label = torch.zeros(1, 1, 2, 2, dtype=torch.long)
+    expected_label[0, 0, 0, 0] = 1
+    losses = loss(logits, torch.full((1, 1, 2, 2), IGNORE))
+    assert torch.equal(loss.last_weights, torch.tensor([0.5, 0.5, 0.0]))
+    for name, x in logits.items():
+        assert losses[name].item() == pytest.approx(_dice(x, expected_label).item(), rel=1e-6)
+    # the gradient of the total w.r.t. network a is that of a's own term with the pseudo label as a constant
+    gradient, = torch.autograd.grad(sum(losses.values()), logits["a"])
+    expected, = torch.autograd.grad(_dice(logits["a"], expected_label), logits["a"])
+    assert torch.allclose(gradient, expected, atol=1e-7)
+    # other weights, other pseudo label (all 0), other loss
+    loss.draw_weights = lambda n, device: torch.tensor([1.0, 0.0, 0.0])
+    other = loss({k: v.detach() for k, v in logits.items()}, torch.full((1, 1, 2, 2), IGNORE))
+    assert other["a"].item() == pytest.approx(_dice(logits["a"], torch.zeros(1, 1, 2, 2)).item(), rel=1e-6)
+    assert other["a"].item() != pytest.approx(losses["a"].item())
+
+
+def test_pseudo_label_weights_are_dirichlet_1():
+    torch.manual_seed(0)
+    loss = CrossSupervisionLoss(IGNORE)
+    draws = torch.stack([loss.draw_weights(3, torch.device("cpu")) for _ in range(4000)])
+    assert torch.allclose(draws.sum(1), torch.ones(4000)) and bool((draws > 0).all())
+    assert torch.allclose(draws.mean(0), torch.full((3,), 1 / 3), atol=0.02)
+    assert draws[:, 0].var().item() == pytest.approx(1 / 18, abs=0.005)  # Dirichlet(1, 1, 1) marginal: Beta(1, 2)
+
+
+def test_deep_supervision_weights_are_nnunets():
+    for n in (1, 3, 5):
+        weights = np.array([1 / (2 ** i) for i in range(n)])
+        weights[-1] = 0 if n > 1 else 1
+        assert deep_supervision_weights(n) == pytest.approx(list(weights / weights.sum()))
+
+
+def test_targets_are_matched_by_scale_and_missing_scales_downsampled_like_nnunet():
+    seg = torch.randint(0, 4, (2, 1, 64, 64))
+    targets = [seg] + [resize_labels(seg, (64 // s, 64 // s)) for s in (2, 4, 8)]
+    outputs = [torch.zeros(2, 3, 64, 64), torch.zeros(2, 3, 16, 16), torch.zeros(2, 3, 21, 21)]
+    matched = match_targets(outputs, targets)
+    assert matched[0] is targets[0] and matched[1] is targets[2]
+    reference = torch.stack([DownsampleSegForDSTransform([[21 / 64, 21 / 64]])(segmentation=s)["segmentation"][0]
+                             for s in seg])
+    assert torch.equal(matched[2], reference)
+    assert torch.equal(targets[1], torch.stack([DownsampleSegForDSTransform([[1, 1], [0.5, 0.5]])(
+        segmentation=s)["segmentation"][1] for s in seg]))
+
+
+def test_loss_of_a_deep_supervised_network_sums_its_scales_with_nnunet_weights():
+    torch.manual_seed(3)
+    scribbles = torch.randint(0, IGNORE + 1, (2, 1, 32, 32))
+    targets = [scribbles, resize_labels(scribbles, (16, 16)), resize_labels(scribbles, (8, 8))]  # CNN scales
+    outputs = {"cnn": [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 16, 16), torch.randn(2, 3, 8, 8)],
+               "vit": [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4)]}
+    loss = CrossSupervisionLoss(IGNORE, pce_weight=0.7, pseudo_label_weight=1.3)
+    loss.pseudo_label_scale = 0.5
+    losses = loss(outputs, targets)
+    label = pseudo_label([outputs[n][0].softmax(1) for n in outputs], loss.last_weights)
+    pce = PartialCrossEntropy(ignore_index=IGNORE)
+    for name, scales in outputs.items():
+        expected = sum(w * (0.7 * pce(x, resize_labels(scribbles, x.shape[2:])) +
+                            1.3 * 0.5 * _dice(x, resize_labels(label, x.shape[2:])))
+                       for w, x in zip(deep_supervision_weights(3), scales))
+        assert losses[name].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_foreground_counts_skip_background_and_ignored_pixels():
+    logits = torch.zeros(1, 3, 1, 4)
+    logits[0, [0, 1, 2, 1], 0, [0, 1, 2, 3]] = 5  # predicts 0, 1, 2, 1
+    tp, fp, fn = foreground_counts(logits, torch.tensor([[[[0, 2, 2, IGNORE]]]]), IGNORE)
+    assert list(tp) == [0, 1] and list(fp) == [1, 0] and list(fn) == [0, 1]
+
+
+# ------------------------------------------------------------------------------------------------------ ensemble
+
+class _TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.deep_supervision = True
+
+    def forward(self, x):
+        y = self.conv(x)
+        return [y, y[..., ::2, ::2]] if self.deep_supervision else y
+
+
+def test_ensemble_output_is_the_log_of_the_mean_softmax():
+    ensemble = NetworkEnsemble({"cnn": _TinyNet(), "vit": _TinyNet(), "mamba": _TinyNet()}).eval()
+    x = torch.randn(2, 1, 8, 8)
+    logits = [m(x)[0].double() for m in ensemble.members.values()]
+    mean_probabilities = torch.stack([F.softmax(y, 1) for y in logits]).mean(0)
+    output = ensemble(x)
+    assert torch.allclose(output.double(), mean_probabilities.log(), atol=1e-6)
+    assert torch.allclose(output.softmax(1).double(), mean_probabilities, atol=1e-6)
+    assert torch.allclose(ensemble_log_probabilities(logits).double(), mean_probabilities.log(), atol=1e-6)
+    ensemble.inference_output = "vit"
+    assert torch.equal(ensemble(x), ensemble.members["vit"](x)[0])
+    assert isinstance(ensemble.train()(x), dict) and set(ensemble(x)) == {"cnn", "vit", "mamba"}
+    with pytest.raises(ValueError, match="not one of"):
+        ensemble.inference_output = "unet"
+
+
+def test_ensemble_switches_deep_supervision_of_every_member():
+    ensemble = NetworkEnsemble({"a": _TinyNet(), "b": _TinyNet()})
+    ensemble.deep_supervision = False
+    assert not any(m.deep_supervision for m in ensemble.members.values()) and not ensemble.deep_supervision
+    assert all(isinstance(y, torch.Tensor) for y in ensemble(torch.randn(1, 1, 4, 4)).values())
+
+
+# ---------------------------------------------------------------------------------------- trainer on nnU-Net data
+
+@pytest.fixture(scope="module")
+def scribble_env(tmp_path_factory) -> dict[str, str]:
+    return scribble_environment(tmp_path_factory, "weak_mamba_results")
+
+
+@pytest.fixture
+def nnunet_paths(scribble_env, monkeypatch) -> dict[str, str]:
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, scribble_env[key])
+    return scribble_env
+
+
+def make_trainer(cls: type[nnUNetTrainer], env: dict[str, str]) -> nnUNetTrainer:
+    plans, dataset_json = load_plans(env)
+    return cls(plans, "2d", 0, dataset_json, torch.device("cpu"))
+
+
+def scribble_batch(trainer: nnUNetTrainer, seed: int, batch_size: int = 2) -> dict:
+    """Random images and scribbles (a tenth of the pixels labeled) with nnU-Net's deep-supervision targets."""
+    generator = torch.Generator().manual_seed(seed)
+    patch = trainer.configuration_manager.patch_size
+    data = torch.randn(batch_size, 1, *patch, generator=generator)
+    seg = torch.randint(0, 4, (batch_size, 1, *patch), generator=generator)
+    seg[torch.rand(seg.shape, generator=generator) > 0.1] = trainer.label_manager.ignore_label
+    downsample = DownsampleSegForDSTransform(trainer._get_deep_supervision_scales())
+    per_sample = [downsample(segmentation=s)["segmentation"] for s in seg]
+    return {"data": data, "target": [torch.stack(scales) for scales in zip(*per_sample)]}
+
+
+def test_network_from_plans_holds_the_three_networks_and_the_member_choice(nnunet_paths, monkeypatch):
+    plans, dataset_json = load_plans(nnunet_paths)
+    manager = PlansManager(plans)
+    build = nnUNetTrainerWeakMamba_smoke.build_network_architecture
+    network = build(manager, manager.get_configuration("2d"), 1, 4, True)
+    assert list(network.members) == ["cnn", "vit", "mamba"] and network.inference_output == "ensemble"
+    assert [type(m).__name__ for m in network.members.values()] == ["PlainConvUNet", "SwinUNet", "MambaUNet"]
+    outputs = network(torch.randn(2, 1, 64, 64))
+    assert [tuple(o.shape[2:]) for o in outputs["vit"]] == [(64, 64), (16, 16), (8, 8)]
+    monkeypatch.setenv(MEMBER_ENVIRONMENT_VARIABLE, "mamba")
+    assert build(manager, manager.get_configuration("2d"), 1, 4, False).inference_output == "mamba"
+    monkeypatch.setenv(MEMBER_ENVIRONMENT_VARIABLE, "unet")
+    with pytest.raises(ValueError, match=MEMBER_ENVIRONMENT_VARIABLE):
+        build(manager, manager.get_configuration("2d"), 1, 4, False)
+
+
+def test_three_dimensional_trio_trains_a_step():
+    """Our 3D extension: the plans' CNN, SegMamba and UMambaBot2 from a small 3D configuration."""
+    strides = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    configuration = {"patch_size": [16, 16, 16], "architecture": {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
+                        "kernel_sizes": [[3, 3, 3]] * 3, "strides": strides, "n_conv_per_stage": [1, 1, 1],
+                        "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
+                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+                        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}
+    manager = PlansManager({"plans_name": "tiny3d", "configurations": {"3d_fullres": configuration}})
+    network = nnUNetTrainerWeakMamba_smoke.build_network_architecture(
+        manager, manager.get_configuration("3d_fullres"), 1, 3, True)
+    assert [type(m).__name__ for m in network.members.values()] == ["PlainConvUNet", "SegMamba", "UMambaBot2"]
+    scribbles = torch.randint(0, IGNORE + 1, (1, 1, 16, 16, 16))
+    losses = CrossSupervisionLoss(IGNORE)(network(torch.randn(1, 1, 16, 16, 16)),
+                                          [scribbles, resize_labels(scribbles, (8, 8, 8))])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(p.grad is not None for p in network.parameters() if p.requires_grad)
+
+
+def test_scribble_trainers_refuse_dense_datasets(nnunet_paths):
+    plans, dataset_json = load_plans(nnunet_paths)
+    dense = {**dataset_json, "labels": {k: v for k, v in dataset_json["labels"].items() if k != "ignore"}}
+    for cls in (nnUNetTrainerWeakMamba_smoke, nnUNetTrainerScribbleBaseline_smoke):
+        with pytest.raises(ScribbleDatasetError, match="ignore"):
+            cls(plans, "2d", 0, dense, torch.device("cpu"))
+
+
+def test_online_validation_reads_dense_labels_aligned_with_the_images(nnunet_paths):
+    trainer = make_trainer(nnUNetTrainerScribbleBaseline_smoke, nnunet_paths)
+    dataset_tr, dataset_val = trainer.get_tr_and_val_datasets()
+    assert dataset_val.source_folder.endswith(DENSE_FOLDER)
+    stock = trainer.dataset_class(trainer.preprocessed_dataset_folder, list(dataset_val.identifiers))
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    for key in dataset_val.identifiers:
+        data, seg, _, _ = dataset_val.load_case(key)
+        stock_data, stock_seg, _, _ = stock.load_case(key)
+        dense, _ = SimpleITKIO().read_seg(f"{nnunet_paths['nnUNet_raw']}/{trainer.plans_manager.dataset_name}/"
+                                          f"labelsTr_dense/{key}.nii.gz")
+        assert np.array_equal(data[:], stock_data[:])  # same preprocessing: the images align
+        assert np.array_equal(seg[:], dense) and (stock_seg[:] == trainer.label_manager.ignore_label).any()
+
+
+def test_without_dense_labels_validation_stays_nnunets_and_says_so(nnunet_paths, monkeypatch, tmp_path):
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path))  # a raw folder without the dataset
+    trainer = make_trainer(nnUNetTrainerScribbleBaseline_smoke, nnunet_paths)
+    reference, reason = trainer.dense_reference()
+    assert reference is None and "does not exist" in reason
+    _, dataset_val = trainer.get_tr_and_val_datasets()
+    assert dataset_val.source_folder == trainer.preprocessed_dataset_folder
+
+
+def test_final_validation_predicts_with_each_network_then_the_ensemble(nnunet_paths, monkeypatch):
+    """The orchestration, with nnU-Net's prediction replaced by a record of what the network would output."""
+    trainer = make_trainer(nnUNetTrainerWeakMamba_smoke, nnunet_paths)
+    trainer.validate_networks_separately = True
+    trainer.network = NetworkEnsemble({name: _TinyNet() for name in ("cnn", "vit", "mamba")}, "vit")
+
+    def validate(self, save_probabilities=False):
+        output = self.network.inference_output
+        folder = Path(self.output_folder) / "validation"
+        folder.mkdir()
+        (folder / "output.txt").write_text(output)
+        return {"foreground_mean": {"Dice": len(output)}}
+
+    monkeypatch.setattr(DenseValidationMixin, "perform_actual_validation", validate)
+    assert trainer.perform_actual_validation() == {"foreground_mean": {"Dice": len("ensemble")}}
+    fold = Path(trainer.output_folder)
+    for name in ("cnn", "vit", "mamba"):
+        assert (fold / f"validation_{name}" / "output.txt").read_text() == name
+    assert (fold / "validation" / "output.txt").read_text() == "ensemble"
+    assert trainer.network.inference_output == "vit"  # the choice from the environment is restored
+
+
+def test_checkpoint_round_trip_resumes_exactly(nnunet_paths, tmp_path):
+    trainer = make_trainer(nnUNetTrainerWeakMamba_smoke, nnunet_paths)
+    trainer.initialize()
+    parameters = list(trainer.network.parameters())
+    assert [len(g["params"]) for g in trainer.optimizer.param_groups] == [len(parameters)]
+    trainer.lr_scheduler.step(1)
+    assert trainer.optimizer.param_groups[0]["lr"] < trainer.initial_lr
+    torch.manual_seed(1)
+    trainer.train_step(scribble_batch(trainer, seed=1))
+    path = tmp_path / "checkpoint.pth"
+    trainer.save_checkpoint(str(path))
+    assert {k.split(".")[1] for k in torch.load(path, weights_only=False)["network_weights"]} == \
+        {"cnn", "vit", "mamba"}
+
+    resumed = make_trainer(nnUNetTrainerWeakMamba_smoke, nnunet_paths)
+    resumed.load_checkpoint(str(path))
+    for (name, a), b in zip(trainer.network.state_dict().items(), resumed.network.state_dict().values()):
+        assert torch.equal(a, b), name
+    momentum = [trainer.optimizer.state[p]["momentum_buffer"] for p in parameters]
+    assert all(torch.equal(m, resumed.optimizer.state[p]["momentum_buffer"])
+               for m, p in zip(momentum, resumed.network.parameters()))
+    batch = scribble_batch(trainer, seed=2)
+    for t in (trainer, resumed):
+        torch.manual_seed(2)
+        t.train_step(batch)
+    assert all(torch.equal(a, b) for a, b in zip(trainer.network.parameters(), resumed.network.parameters()))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, env: dict[str, str], result_file: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        trainer = make_trainer(nnUNetTrainerWeakMamba_smoke, env)
+        trainer.initialize()
+        assert trainer.is_ddp and trainer.device.type == "cpu" and trainer.batch_size == 1
+        assert isinstance(trainer.network, torch.nn.parallel.DistributedDataParallel)
+        initial = torch.cat([p.detach().flatten() for p in trainer.network.parameters()])
+        for step in range(2):  # a second step would fail if DDP missed a parameter in the first
+            trainer.train_step(scribble_batch(trainer, seed=10 * step + rank, batch_size=1))  # data differ per rank
+        final = torch.cat([p.detach().flatten() for p in trainer.network.parameters()])
+        gathered = [torch.zeros_like(final) for _ in range(world_size)]
+        dist.all_gather(gathered, final)
+        trainer.save_checkpoint(f"{result_file}.rank{rank}.pth")  # only rank 0 writes
+        if rank == 0:
+            torch.save({"identical": all(torch.equal(gathered[0], g) for g in gathered[1:]),
+                        "changed": not torch.equal(initial, final)}, result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_keeps_the_three_networks_in_sync_on_a_gloo_group(nnunet_paths, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # for the two workers: no spinning threads on a shared CPU
+    result = tmp_path / "result.pt"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), nnunet_paths, str(result)), nprocs=2, join=True)
+    outcome = torch.load(result)
+    assert outcome == {"identical": True, "changed": True}
+    assert (tmp_path / "result.pt.rank0.pth").is_file() and not (tmp_path / "result.pt.rank1.pth").exists()
