@@ -1,0 +1,70 @@
+"""Simulated clicks for training (and evaluating) click-prompted networks, after U-Mamba2's ToothFairy3 task 2 setup,
+which follows the challenge's own click simulation.
+
+Per foreground class present in a label map (with at least ``min_voxels`` voxels): with probability
+``no_click_probability`` no click at all, so the network also learns to segment unprompted structures; otherwise 1 to
+``max_clicks`` clicks, spread along one ``axis`` over the slices the structure occupies, as an annotator clicks a
+structure in a few slices from one end to the other (the inferior alveolar canal along the axial slices). Each click
+lies inside its structure: the voxel of the structure in its slice nearest to a jittered point about the structure's
+median in that slice (near the middle of a blob, on a ring for a ring). Everything is drawn from the ``rng`` given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from nnunetv2_mamba.nets.click_channels import Click
+
+
+@dataclass(frozen=True)
+class ClickSimulation:
+    """How clicks are simulated; U-Mamba2's values (no click for 10 % of the structures, 1-10 clicks, structures of
+    more than 10 voxels, spread along axis 0) by default. ``jitter`` scales the in-slice noise by the structure's
+    in-slice standard deviation."""
+
+    no_click_probability: float = 0.1
+    max_clicks: int = 10
+    min_voxels: int = 11
+    axis: int = 0
+    jitter: float = 0.5
+
+    def __post_init__(self):
+        if not 0 <= self.no_click_probability <= 1 or self.max_clicks < 1 or self.min_voxels < 1 or self.jitter < 0:
+            raise ValueError(f"invalid click simulation {self}: need 0 <= no_click_probability <= 1, max_clicks >= 1, "
+                             f"min_voxels >= 1, jitter >= 0")
+
+
+def clicks_in_structure(mask: np.ndarray, count: int, rng: np.random.Generator, axis: int = 0,
+                        jitter: float = 0.5) -> list[tuple[int, ...]]:
+    """``count`` voxels of the non-empty boolean ``mask`` spread along ``axis``: slice positions at evenly spaced
+    quantiles (each shifted by up to half a step) of the structure's slices, one voxel per position (duplicates
+    merged when the structure spans fewer slices than ``count``)."""
+    voxels = np.argwhere(mask)
+    slices = np.unique(voxels[:, axis])
+    quantiles = (np.arange(count) + 0.5 + rng.uniform(-0.5, 0.5, count)) / count
+    chosen = slices[np.round(quantiles * (len(slices) - 1)).astype(int)]
+    points = []
+    for position in np.unique(chosen):
+        in_slice = voxels[voxels[:, axis] == position]
+        target = np.median(in_slice, axis=0) + rng.normal(0, 1, mask.ndim) * jitter * in_slice.std(axis=0)
+        points.append(tuple(int(v) for v in in_slice[np.argmin(((in_slice - target) ** 2).sum(axis=1))]))
+    return points
+
+
+def simulate_clicks(label_map: np.ndarray, labels: Sequence[int], rng: np.random.Generator,
+                    simulation: ClickSimulation = ClickSimulation()) -> list[Click]:
+    """Clicks on the structures of ``labels`` (foreground label values) in ``label_map`` (2D or 3D array)."""
+    if not 0 <= simulation.axis < label_map.ndim:
+        raise ValueError(f"click axis {simulation.axis} does not exist in a {label_map.ndim}D label map")
+    clicks = []
+    for label in labels:
+        mask = label_map == label
+        if np.count_nonzero(mask) < simulation.min_voxels or rng.uniform() < simulation.no_click_probability:
+            continue
+        count = int(rng.integers(1, simulation.max_clicks + 1))
+        clicks += [Click(int(label), point) for point in clicks_in_structure(mask, count, rng, simulation.axis,
+                                                                              simulation.jitter)]
+    return clicks

@@ -1,0 +1,1 @@
+"""Inference beyond nnU-Net's own predictor: prediction with click prompts."""

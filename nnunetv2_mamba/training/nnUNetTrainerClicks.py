@@ -1,0 +1,86 @@
+"""Training click-prompted networks (:class:`~nnunetv2_mamba.nets.umamba_bot_click.UMambaBot2Click`) with clicks
+simulated per patch, as U-Mamba2 trained its ToothFairy3 task 2 model.
+
+The clicks are drawn from each patch's segmentation after nnU-Net's augmentation (so they follow rotation, scaling,
+mirroring and cropping) and appended to the patch as click channels (:mod:`nnunetv2_mamba.nets.click_channels`), in
+training and validation batches alike. Everything else is nnU-Net's training. nnU-Net's final validation
+(``perform_actual_validation``) predicts whole cases without clicks, so its Dice is the network's unprompted one; see
+``nnunetv2_mamba predict-clicks`` for prediction with clicks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+
+from nnunetv2_mamba.data.simulate_clicks import ClickSimulation, simulate_clicks
+from nnunetv2_mamba.nets.click_channels import encode_click_channels
+from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba, unwrap
+from nnunetv2_mamba.training.short_schedules import nnUNetTrainerMamba_demo, nnUNetTrainerMamba_smoke
+
+
+class SimulateClicksTransform(BasicTransform):
+    """Appends ``num_click_classes`` click channels, simulated from the sample's label map, to its image. Random
+    numbers come from numpy's global state, which nnU-Net's data loading seeds, like its other transforms."""
+
+    def __init__(self, num_click_classes: int, simulation: ClickSimulation = ClickSimulation()):
+        super().__init__()
+        self.num_click_classes, self.simulation = num_click_classes, simulation
+
+    def apply(self, data_dict: dict, **params) -> dict:
+        segmentation = data_dict["segmentation"]
+        label_map = (segmentation[0] if isinstance(segmentation, list) else segmentation)[0].numpy()
+        rng = np.random.default_rng(np.random.randint(2 ** 31))
+        clicks = simulate_clicks(label_map, range(1, self.num_click_classes + 1), rng, self.simulation)
+        maps = torch.from_numpy(encode_click_channels(clicks, label_map.shape, self.num_click_classes))
+        data_dict["image"] = torch.cat([data_dict["image"], maps.to(data_dict["image"].dtype)])
+        return data_dict
+
+
+class nnUNetTrainerClicks(nnUNetTrainerMamba):
+    """nnU-Net training with simulated clicks appended to every training and validation patch. Change
+    ``click_simulation`` in a subclass to simulate clicks differently."""
+
+    click_simulation = ClickSimulation()
+
+    def get_training_transforms(self, *args, **kwargs) -> BasicTransform:
+        return self._with_clicks(super().get_training_transforms(*args, **kwargs))
+
+    def get_validation_transforms(self, *args, **kwargs) -> BasicTransform:
+        return self._with_clicks(super().get_validation_transforms(*args, **kwargs))
+
+    def _with_clicks(self, pipeline: ComposeTransforms) -> ComposeTransforms:
+        """``pipeline`` with the click simulation inserted where the segmentation is still one full-resolution map:
+        after every spatial and intensity transform, before the deep supervision downsampling."""
+        steps = pipeline.transforms
+        at = next((i for i, t in enumerate(steps) if isinstance(t, DownsampleSegForDSTransform)), len(steps))
+        steps.insert(at, SimulateClicksTransform(self._num_click_classes(), self.click_simulation))
+        return pipeline
+
+    def _num_click_classes(self) -> int:
+        """Foreground classes to click on; checks that the labels and the network fit click channels."""
+        labels = self.label_manager
+        if labels.has_regions:
+            raise ValueError(f"{type(self).__name__} simulates clicks on label values; region-based training "
+                             f"(regions {labels.foreground_regions} in dataset.json) is not supported")
+        count = len(labels.foreground_labels)
+        if list(labels.foreground_labels) != list(range(1, count + 1)):
+            raise ValueError(f"{type(self).__name__} needs consecutive foreground labels 1..{count}, the dataset has "
+                             f"{labels.foreground_labels}")
+        network = unwrap(self.network)
+        if getattr(network, "num_click_classes", None) != count:
+            raise TypeError(f"{type(self).__name__} feeds {count} click channels, but {type(network).__name__} does "
+                            f"not take them (a click-prompted network has num_click_classes = {count}); train plans "
+                            f"for UMambaBot2Click (nnunetv2_mamba plans -d DATASET -a UMambaBot2Click)")
+        return count
+
+
+class nnUNetTrainerClicks_smoke(nnUNetTrainerClicks, nnUNetTrainerMamba_smoke):
+    """:class:`nnUNetTrainerClicks` on the smoke-test schedule of :class:`nnUNetTrainerMamba_smoke`."""
+
+
+class nnUNetTrainerClicks_demo(nnUNetTrainerClicks, nnUNetTrainerMamba_demo):
+    """:class:`nnUNetTrainerClicks` on the demo schedule of :class:`nnUNetTrainerMamba_demo`."""

@@ -1,0 +1,118 @@
+"""Click simulation: clicks inside their structure, spread along the axis, seeded; the training transform computes
+them after nnU-Net's augmentation (they lie inside the augmented target) and the trainer inserts it where the target
+is still one map."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_mamba.data.simulate_clicks import ClickSimulation, clicks_in_structure, simulate_clicks
+from nnunetv2_mamba.data.synthetic import synthetic_case
+from nnunetv2_mamba.training.nnUNetTrainerClicks import SimulateClicksTransform, nnUNetTrainerClicks
+
+ALWAYS = ClickSimulation(no_click_probability=0.0)
+
+
+def synthetic_label(dims: int, seed: int) -> np.ndarray:
+    shape, spacing = ((64, 64), (1.0, 1.0)) if dims == 2 else ((24, 40, 40), (2.0, 1.0, 1.0))
+    return synthetic_case(np.random.default_rng(seed), shape, spacing)[1]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_clicks_lie_inside_their_structure(dims):
+    for seed in range(5):
+        label = synthetic_label(dims, seed)
+        clicks = simulate_clicks(label, [1, 2, 3], np.random.default_rng(seed), ALWAYS)
+        assert {c.label for c in clicks} == {1, 2, 3}  # every structure clicked when no_click_probability is 0
+        for click in clicks:
+            assert label[click.point] == click.label, click  # the ring's clicks on the ring, not in its cavity
+
+
+def test_clicks_spread_along_the_axis():
+    mask = np.zeros((40, 20, 20), dtype=bool)
+    mask[10:30, 5:9, 5:9] = True  # a rod along axis 0, slices 10..29
+    for seed in range(10):
+        points = clicks_in_structure(mask, 5, np.random.default_rng(seed), axis=0)
+        positions = sorted(p[0] for p in points)
+        assert len(points) == 5 and len(set(positions)) == 5  # one click per stratum of the rod's slices
+        for k, position in enumerate(positions):  # the k-th lies in the k-th fifth of the rod
+            assert 10 + 4 * k - 1 <= position <= 10 + 4 * k + 4, (seed, positions)
+        assert all(mask[p] for p in points)
+    # along axis 2 the same rod spans slices 5..8 only: clicks merge per slice instead of repeating
+    points = clicks_in_structure(mask, 10, np.random.default_rng(0), axis=2)
+    assert len(points) == len({p[2] for p in points}) <= 4 and all(5 <= p[2] <= 8 for p in points)
+
+
+def test_simulation_options_and_seeding():
+    label = synthetic_label(2, 0)
+    first, again = (simulate_clicks(label, [1, 2, 3], np.random.default_rng(7)) for _ in range(2))
+    assert first == again and first != simulate_clicks(label, [1, 2, 3], np.random.default_rng(8))
+    assert simulate_clicks(label, [1, 2, 3], np.random.default_rng(0), ClickSimulation(no_click_probability=1)) == []
+    counts = [len(simulate_clicks(label, [2], np.random.default_rng(s), ClickSimulation(0, max_clicks=3)))
+              for s in range(30)]
+    assert set(counts) <= {1, 2, 3} and len(set(counts)) > 1
+    big = int((label == 2).sum()) + 1
+    assert simulate_clicks(label, [2], np.random.default_rng(0), ClickSimulation(0, min_voxels=big)) == []
+    no_clicks = [len(simulate_clicks(label, [1, 2, 3], np.random.default_rng(s), ClickSimulation(0.5)) ) == 0
+                 for s in range(200)]
+    assert 0.06 < np.mean(no_clicks) < 0.2  # all three skipped with probability 1/8
+    with pytest.raises(ValueError, match="axis 2 does not exist"):
+        simulate_clicks(label, [1], np.random.default_rng(0), ClickSimulation(axis=2))
+    with pytest.raises(ValueError, match="invalid click simulation"):
+        ClickSimulation(max_clicks=0)
+
+
+def stub_trainer(num_labels: int = 3, network=SimpleNamespace(num_click_classes=3), regions: bool = False):
+    """A trainer with just what the click transforms need (a real one needs a preprocessed dataset)."""
+    trainer = nnUNetTrainerClicks.__new__(nnUNetTrainerClicks)
+    trainer.label_manager = SimpleNamespace(has_regions=regions, foreground_regions=[[1, 2], [2]],
+                                            foreground_labels=list(range(1, num_labels + 1)))
+    trainer.network = network
+    return trainer
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_clicks_follow_nnunet_augmentation(dims):
+    """Through nnU-Net's full training pipeline (rotation, scaling, mirroring, ...; deep supervision): click channels
+    are appended, and every clicked voxel lies in its class in the augmented full-resolution target."""
+    np.random.seed(0)
+    torch.manual_seed(0)
+    patch = (48, 48) if dims == 2 else (16, 32, 32)
+    strides = [[1] * dims, [2] * dims, [2] * dims]
+    scales = [[1.0] * dims, [0.5] * dims]
+    pipeline = stub_trainer().get_training_transforms(
+        patch, (-np.pi, np.pi), scales, tuple(range(dims)), False, use_mask_for_norm=[False],
+        foreground_labels=[1, 2, 3])
+    steps = [type(t) for t in pipeline.transforms]
+    assert steps.index(SimulateClicksTransform) == steps.index(DownsampleSegForDSTransform) - 1
+    label = synthetic_label(dims, 1)
+    initial = label.shape  # the dataloader's larger initial patch, cropped to `patch` by the spatial transform
+    image = torch.from_numpy(label[None].astype(np.float32)) + torch.randn(1, *initial) * 0.1
+    clicked = 0
+    for _ in range(4):
+        out = pipeline(image=image.clone(), segmentation=torch.from_numpy(label[None].astype(np.int16)))
+        assert out["image"].shape == (1 + 3, *patch) and len(out["segmentation"]) == len(strides) - 1
+        target = out["segmentation"][0][0]
+        for k in range(3):
+            voxels = torch.nonzero(out["image"][1 + k])
+            assert (target[tuple(voxels.T)] == k + 1).all()
+            clicked += len(voxels)
+    assert clicked > 0
+    assert type(nnUNetTrainer.get_validation_transforms(scales).transforms[-1]) is DownsampleSegForDSTransform
+    validation = stub_trainer().get_validation_transforms(scales)
+    assert SimulateClicksTransform in [type(t) for t in validation.transforms]
+
+
+def test_trainer_refuses_what_it_cannot_click():
+    with pytest.raises(ValueError, match="region-based"):
+        stub_trainer(regions=True).get_validation_transforms(None)
+    with pytest.raises(TypeError, match="nnunetv2_mamba plans -d DATASET -a UMambaBot2Click"):
+        stub_trainer(network=torch.nn.Conv2d(1, 4, 1)).get_validation_transforms(None)
+    pipeline = stub_trainer().get_validation_transforms(None)  # no deep supervision: appended at the end
+    assert type(pipeline.transforms[-1]) is SimulateClicksTransform

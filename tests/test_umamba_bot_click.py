@@ -1,0 +1,150 @@
+"""UMambaBot2Click: click channels (encoding round trip), the output's dependence on clicks (and its independence of
+other samples' clicks), the nnU-Net network contract, the cross-attention branch, autocast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from torch import nn
+
+from autocast_checks import check_bf16_autocast
+from nnunet_plans import acdc_like_configurations, build, deep_supervision_shapes
+from nnunetv2_mamba.nets.click_attention import cell_centres
+from nnunetv2_mamba.nets.click_channels import PADDING, Click, decode_click_channels, encode_click_channels
+from nnunetv2_mamba.nets.umamba_bot_click import UMambaBot2Click
+from nnunetv2_mamba.plans import derive_plans
+from nnunetv2_mamba.ssm.modules import Mamba2
+from test_umamba_bot import CASES, tiny
+
+CLICK_KWARGS = dict(click_mlp_dim=32, headdim=8)
+
+
+def tiny_net(conv_op=nn.Conv2d, strides=([1, 1], [2, 2], [2, 2]), num_classes=3, **kwargs) -> UMambaBot2Click:
+    return UMambaBot2Click(1, num_classes=num_classes, deep_supervision=False,
+                           **tiny(conv_op, [list(s) for s in strides]), **CLICK_KWARGS, **kwargs)
+
+
+def with_clicks(image: torch.Tensor, clicks_per_sample: list[list[Click]], num_click_classes: int) -> torch.Tensor:
+    maps = [torch.from_numpy(encode_click_channels(c, image.shape[2:], num_click_classes)) for c in clicks_per_sample]
+    return torch.cat([image, torch.stack(maps)], dim=1)
+
+
+@pytest.mark.parametrize("shape", [(12, 9), (5, 8, 7)])
+def test_click_channels_round_trip(shape):
+    rng = np.random.default_rng(0)
+    samples = [[Click(int(rng.integers(1, 4)), tuple(float(rng.integers(0, n)) for n in shape)) for _ in range(k)]
+               for k in (3, 0, 5)]
+    samples[0].append(Click(samples[0][0].label, tuple(p + 0.4 for p in samples[0][0].point)))  # same voxel, merged
+    maps = torch.stack([torch.from_numpy(encode_click_channels(c, shape, 3)) for c in samples])
+    assert maps.shape == (3, 3, *shape)
+    coords, classes = decode_click_channels(maps)
+    assert coords.shape == (3, 5, len(shape)) and classes.shape == (3, 5)
+    for b, clicks in enumerate(samples):
+        expected = {(c.label, tuple(round(p) for p in c.point)) for c in clicks}
+        valid = classes[b] != PADDING
+        decoded = {(int(k) + 1, tuple(int(p) for p in point)) for k, point in zip(classes[b][valid], coords[b][valid])}
+        assert decoded == expected
+        assert valid.sum() == len(expected) and not valid[len(expected):].any()  # padding after the clicks
+
+
+def test_click_channels_reject_bad_clicks():
+    with pytest.raises(ValueError, match="foreground label 1..2"):
+        encode_click_channels([Click(3, (1, 1))], (4, 4), 2)
+    with pytest.raises(ValueError, match="outside an array of shape"):
+        encode_click_channels([Click(1, (1, 4))], (4, 4), 2)
+    with pytest.raises(ValueError, match="outside"):
+        encode_click_channels([Click(1, (1, 1, 1))], (4, 4), 2)
+
+
+@pytest.mark.parametrize("conv_op, strides, kernel_sizes, patch", CASES)
+def test_output_depends_on_clicks_and_only_on_its_own(conv_op, strides, kernel_sizes, patch):
+    net = UMambaBot2Click(1, num_classes=3, deep_supervision=True, **tiny(conv_op, strides, kernel_sizes),
+                          **CLICK_KWARGS).eval()
+    image = torch.randn(2, 1, *patch)
+    a = [Click(1, tuple(n // 4 for n in patch)), Click(2, tuple(n - 2 for n in patch))]
+    b = [Click(1, tuple(n // 2 for n in patch))]
+    with torch.no_grad():
+        plain = net(image)
+        clicked = net(with_clicks(image, [a, []], 2))
+        moved = net(with_clicks(image, [b, []], 2))
+        relabelled = net(with_clicks(image, [[Click(2, a[0].point), a[1]], []], 2))
+        assert [tuple(o.shape) for o in clicked] == [(2, 3, *s) for s in deep_supervision_shapes(list(patch), strides)]
+        for other in (plain, moved, relabelled):
+            assert (clicked[0][0] - other[0][0]).abs().max() > 1e-3  # sample 0 sees its clicks ...
+        # ... and sample 1 (no clicks) does not see sample 0's: padding is masked, not extra "no point" tokens
+        torch.testing.assert_close(clicked[0][1], plain[0][1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net(with_clicks(image, [[], []], 2))[0], plain[0], rtol=0, atol=0)
+
+
+def test_causal_scan_over_appended_click_tokens_is_blind_to_them():
+    """The trap cross-attention avoids: in a causal scan, image tokens placed before click tokens cannot see them."""
+    layer = Mamba2(16, headdim=8)
+    image_tokens = torch.randn(1, 10, 16)
+    outputs = [layer(torch.cat([image_tokens, torch.randn(1, 3, 16)], dim=1))[:, :10] for _ in range(2)]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+def test_input_channels_are_checked():
+    net = tiny_net()
+    with pytest.raises(ValueError, match=r"1 image channels, optionally followed by 2 click channels"):
+        net(torch.randn(1, 2, 16, 16))
+    with pytest.raises(ValueError, match="at least one class"):
+        tiny_net(num_classes=1)
+
+
+def test_gradients_reach_every_parameter_of_the_click_branch():
+    net = tiny_net(strides=([1, 1], [2, 2]))
+    image = torch.randn(2, 1, 8, 8)
+    out = net(with_clicks(image, [[Click(1, (1, 2)), Click(2, (5, 5))], [Click(2, (3, 3))]], 2))
+    out.square().mean().backward()
+    for name, p in net.click_attention.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_click_coordinates_share_the_grid_frame_and_mirror():
+    """A click's normalised coordinate is (voxel + 0.5) / size, the frame of the bottleneck's cell centres; mirroring
+    the input maps it to 1 - coordinate, as mirroring maps the cell centres."""
+    net = tiny_net()
+    x = with_clicks(torch.randn(1, 1, 16, 12), [[Click(1, (3, 10)), Click(2, (15, 0))]], 2)
+    _, coords, classes = net.split_input(x)
+    _, flipped, flipped_classes = net.split_input(torch.flip(x, (2, 3)))
+    order = [sorted(range(2), key=lambda i: int(c[0, i])) for c in (classes, flipped_classes)]
+    torch.testing.assert_close(flipped[0, order[1]], 1 - coords[0, order[0]])
+    torch.testing.assert_close(coords[0, 0], torch.tensor([3.5 / 16, 10.5 / 12]))
+    centres = cell_centres((4, 3))  # a 16 x 12 input after strides 4: cell (0, 2) covers voxels 0-3 x 8-11
+    torch.testing.assert_close(centres[2], torch.tensor([2 / 16, 10 / 12]))
+    torch.testing.assert_close(torch.flip(centres.reshape(4, 3, 2), (0, 1)).reshape(-1, 2), 1 - centres)
+
+
+def test_float32_under_bf16_autocast():
+    net = tiny_net().eval()
+    x = with_clicks(torch.randn(2, 1, 16, 12), [[Click(1, (3, 3))], [Click(2, (8, 8))]], 2)
+    check_bf16_autocast(net, x, 0.1)
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    return acdc_like_configurations(tmp_path_factory.mktemp("nnunet"))
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_plans_build_the_network_and_budget_for_the_branch(plans, configuration):
+    base = {"plans_name": "nnUNetResEncUNetMPlans", "configurations": {configuration: plans[configuration]}}
+    derived, _ = derive_plans(base, "UMambaBot2Click", dataset_json={"channel_names": {"0": "MRI"},
+                                                                      "labels": {"bg": 0, "a": 1, "b": 2, "c": 3}})
+    architecture = derived["configurations"][configuration]["architecture"]
+    net = build(architecture)
+    assert isinstance(net, UMambaBot2Click) and net.num_click_classes == 3
+    assert (len(net.click_attention.blocks), net.click_attention.blocks[0].mlp.fc1.out_features) == (2, 1024)
+    patch = [int(p) for p in plans[configuration]["patch_size"]]
+    bot2_kwargs = {k: v for k, v in architecture["arch_kwargs"].items() if not k.startswith("click_")}
+    estimates = [ExperimentPlanner.static_estimate_VRAM_usage(patch, 1, 4, name, kwargs,
+                                                              architecture["_kw_requires_import"])
+                 for name, kwargs in ((architecture["network_class_name"], architecture["arch_kwargs"]),
+                                      ("nnunetv2_mamba.nets.umamba_bot.UMambaBot2", bot2_kwargs))]
+    bottleneck = deep_supervision_shapes(patch, [*architecture["arch_kwargs"]["strides"], [1] * len(patch)])[-1]
+    assert estimates[0] - estimates[1] == net.click_attention.compute_conv_feature_map_size(bottleneck) > 0
+    n_branch = sum(p.numel() for p in net.click_attention.parameters())
+    print(f"\nUMambaBot2Click {configuration}: {n_branch / 1e6:.2f} M parameters in the click branch")
