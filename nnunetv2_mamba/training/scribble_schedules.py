@@ -1,7 +1,7 @@
 """Short variants of the scribble trainers, the baseline and WeakMamba on identical schedules so that their results
 compare: ``_smoke`` (end-to-end tests in seconds: no mirroring, tiny token networks, final validation of the
-ensemble only), ``_demo`` (the demo's synthetic
-shapes), ``_cpu`` (a quick real-data comparison on a CPU) and ``_paper`` (the paper's 30k iterations, for a GPU).
+ensemble only), ``_demo`` (the demo's synthetic shapes), ``_cpu`` (a quick real-data comparison on a CPU) and
+``_paper`` (the paper's 30k iterations, for a GPU).
 ``nnUNetTrainerDense_<schedule>`` is stock ``nnUNetTrainer`` on the same schedules: the upper bound trained on dense
 labels. The knobs live here, in one place, for the benchmarks (``benchmarks/acdc_scribble.py``) to reuse.
 
@@ -13,52 +13,21 @@ plans (``features_per_stage``), which shrinks the baseline's alike.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_mamba.training.nnUNetTrainerScribbleBaseline import nnUNetTrainerScribbleBaseline
 from nnunetv2_mamba.training.nnUNetTrainerWeakMamba import nnUNetTrainerWeakMamba
-
-
-class Schedule(NamedTuple):
-    epochs: int
-    iterations_per_epoch: int
-    val_iterations_per_epoch: int
-    save_every: int = 50  # nnU-Net's
-    mirroring: bool = True  # as augmentation and at inference (nnU-Net's default)
-
+from nnunetv2_mamba.training.short_schedules import Schedule, ShortSchedule
 
 SMOKE = Schedule(2, 2, 1, save_every=1, mirroring=False)
 DEMO = Schedule(3, 8, 1)
-CPU = Schedule(20, 25, 5)
+CPU = Schedule(20, 25, 5, mirroring=False)  # test-time mirroring would quadruple the prediction time on a CPU
 PAPER = Schedule(120, 250, 50)  # Weak-Mamba-UNet's 30k iterations, in nnU-Net's epochs of 250 iterations
 
 TINY_TOKEN_NETWORKS = {"vit": {"embed_dim": 12, "depths": [1, 1, 1, 1]},
                        "mamba": {"embed_dim": 12, "depths": [1, 1, 1, 1]}}
 SMALL_TOKEN_NETWORKS = {"vit": {"embed_dim": 24, "depths": [1, 1, 1, 1]},
                         "mamba": {"embed_dim": 24, "depths": [1, 1, 1, 1]}}
-
-
-class ShortSchedule:
-    """Mixin (list it first) setting the trainer's epochs, iterations, checkpoint interval and mirroring from
-    ``schedule``."""
-
-    schedule: Schedule
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch, self.save_every, _ = \
-            self.schedule
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        if not self.schedule.mirroring:
-            mirror_axes = self.inference_allowed_mirroring_axes = None
-        return rotation, dummy_2d, initial_patch_size, mirror_axes
 
 
 class nnUNetTrainerScribbleBaseline_smoke(ShortSchedule, nnUNetTrainerScribbleBaseline):
