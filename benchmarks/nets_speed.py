@@ -78,43 +78,6 @@ def setup_network(network: str, plans: str, batch: int, arch_keys: tuple[str, ..
     return {"forward": forward, "forward_backward": forward_backward}
 
 
-CASES: list[Case] = [
-    Case("ResidualEncoderUNet 2d", setup_network, dict(network=RESENC, plans="acdc_2d", batch=2)),
-    Case("UMambaBot2 2d", setup_network,
-         dict(network=UMAMBA_BOT2, plans="acdc_2d", batch=2, reference="ResidualEncoderUNet 2d")),
-    Case("UMambaBot 2d", setup_network,
-         dict(network=UMAMBA_BOT, plans="acdc_2d", batch=2, reference="ResidualEncoderUNet 2d")),
-    Case("ResidualEncoderUNet 3d", setup_network, dict(network=RESENC, plans="iso_3d", batch=1)),
-    Case("UMambaBot2 3d", setup_network,
-         dict(network=UMAMBA_BOT2, plans="iso_3d", batch=1, reference="ResidualEncoderUNet 3d")),
-    Case("SegMamba 3d", setup_network,
-         dict(network=SEGMAMBA, plans="iso_3d", batch=1, arch_keys=TOPOLOGY, reference="ResidualEncoderUNet 3d"),
-         reps=1, warmup=0),  # minutes per pass on CPU: its first stage scans 32 x 64 x 64 voxels
-]
-
-MEASURES = ("forward_s", "forward_backward_s", "peak_mb")
-
-
-def add_ratios(rows: list[dict]) -> None:
-    """``<measure>_x``: a row's measure over its reference's, both from this run."""
-    by_name = {row["case"]: row for row in rows}
-    for row in rows:
-        ref = by_name.get(row.get("reference"))
-        for measure in MEASURES:
-            if ref is not None and row.get(measure) and ref.get(measure):
-                row[f"{measure}_x"] = row[measure] / ref[measure]
-
-
-def select(cases: list[Case], only: list[str] | None) -> list[Case]:
-    """Cases whose name contains one of ``only`` (all if None), plus the references they are compared with."""
-    if not only:
-        return cases
-    chosen = {c.name for c in cases if any(word in c.name for word in only)}
-    chosen |= {c.kwargs["reference"] for c in cases if c.name in chosen and "reference" in c.kwargs}
-    return [c for c in cases if c.name in chosen]
-
-
-
 # MambaUNet / SwinUNet keep their paper configuration; the plans give them only the strides of their stages.
 PLANS["token_2d"] = ({"arch_kwargs": {"strides": [[1, 1], [4, 4], [2, 2], [2, 2], [2, 2]]}, "_kw_requires_import": []},
                      [224, 224])
@@ -136,7 +99,18 @@ def setup_token_unet(network: str, batch: int, reference_scan: bool = False, ref
 
 
 MAMBA_UNET_REFERENCE = "MambaUNet 2d 224 b1 reference scan"
-CASES += [
+CASES: list[Case] = [
+    Case("ResidualEncoderUNet 2d", setup_network, dict(network=RESENC, plans="acdc_2d", batch=2)),
+    Case("UMambaBot2 2d", setup_network,
+         dict(network=UMAMBA_BOT2, plans="acdc_2d", batch=2, reference="ResidualEncoderUNet 2d")),
+    Case("UMambaBot 2d", setup_network,
+         dict(network=UMAMBA_BOT, plans="acdc_2d", batch=2, reference="ResidualEncoderUNet 2d")),
+    Case("ResidualEncoderUNet 3d", setup_network, dict(network=RESENC, plans="iso_3d", batch=1)),
+    Case("UMambaBot2 3d", setup_network,
+         dict(network=UMAMBA_BOT2, plans="iso_3d", batch=1, reference="ResidualEncoderUNet 3d")),
+    Case("SegMamba 3d", setup_network,
+         dict(network=SEGMAMBA, plans="iso_3d", batch=1, arch_keys=TOPOLOGY, reference="ResidualEncoderUNet 3d"),
+         reps=1, warmup=0),  # minutes per pass on CPU: its first stage scans 32 x 64 x 64 voxels
     Case("MambaUNet 2d 224 b1", setup_token_unet, dict(network=MAMBA_UNET, batch=1, reference=MAMBA_UNET_REFERENCE)),
     Case("MambaUNet 2d 224 b8", setup_token_unet, dict(network=MAMBA_UNET, batch=8),
          reps=1, warmup=0),  # minutes per pass on 2 cores
@@ -145,6 +119,29 @@ CASES += [
     Case(MAMBA_UNET_REFERENCE, setup_token_unet, dict(network=MAMBA_UNET, batch=1, reference_scan=True),
          reps=1, warmup=0),  # minutes: the sequential scan walks 3136 steps in each stage-0 block
 ]
+
+MEASURES = ("forward_s", "forward_backward_s", "peak_mb")
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """``<measure>_x``: a row's measure over its reference's, both from this run; and forward seconds per image."""
+    by_name = {row["case"]: row for row in rows}
+    for row in rows:
+        if row.get("forward_s"):
+            row["forward_s_per_image"] = row["forward_s"] / row["batch"]
+        ref = by_name.get(row.get("reference"))
+        for measure in MEASURES:
+            if ref is not None and row.get(measure) and ref.get(measure):
+                row[f"{measure}_x"] = row[measure] / ref[measure]
+
+
+def select(cases: list[Case], only: list[str] | None) -> list[Case]:
+    """Cases whose name contains one of ``only`` (all if None), plus the references they are compared with."""
+    if not only:
+        return cases
+    chosen = {c.name for c in cases if any(word in c.name for word in only)}
+    chosen |= {c.kwargs["reference"] for c in cases if c.name in chosen and "reference" in c.kwargs}
+    return [c for c in cases if c.name in chosen]
 
 
 def main() -> None:
@@ -161,8 +158,8 @@ def main() -> None:
         print(f"running {case.name} ...", flush=True)
         rows.append(run_case(case, threads=args.threads))
     add_ratios(rows)
-    print(format_table(rows, ["case", "forward_s", "forward_s_x", "forward_backward_s", "forward_backward_s_x",
-                              "peak_mb", "peak_mb_x", "error"]))
+    print(format_table(rows, ["case", "forward_s", "forward_s_per_image", "forward_s_x", "forward_backward_s",
+                              "forward_backward_s_x", "peak_mb", "peak_mb_x", "error"]))
     print("written to", write_json("nets_speed", {"machine": machine_info(args.threads), "rows": rows}))
 
 

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         command.set_defaults(run=module.run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("numexpr").setLevel(logging.WARNING)  # its thread-count notice is noise in our output
     return args.run(args) or 0
 
 

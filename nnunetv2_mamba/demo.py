@@ -207,8 +207,9 @@ def run_demo(folder: Path, runs: Sequence[DemoRun] = RUNS, device: str = "auto",
     for dims, dense in dict.fromkeys((run.dims, run.dense) for run in runs):
         group = [run for run in runs if (run.dims, run.dense) == (dims, dense)]
         started = time.perf_counter()
-        say(f"synthetic {dims}D dataset ({'dense labels' if dense else 'scribbles'}): nnUNetv2_plan_and_preprocess, "
-            f"nnunetv2_mamba plans for {', '.join(dict.fromkeys(r.name for r in group if r.architecture))}")
+        architectures = ", ".join(dict.fromkeys(r.name for r in group if r.architecture))
+        say(f"synthetic {dims}D dataset ({'dense labels' if dense else 'scribbles'}): nnUNetv2_plan_and_preprocess"
+            + (f", nnunetv2_mamba plans for {architectures}" if architectures else ""))
         with open(logs / f"dataset_{dims}d{'' if dense else '_scribbles'}.log", "w") as log:
             datasets[dims, dense] = prepare_dataset(dims, dense, group, divisor, log)
         say(f"  done in {time.perf_counter() - started:.0f} s")
