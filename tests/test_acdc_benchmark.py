@@ -1,0 +1,73 @@
+"""benchmarks/acdc_scribble.py at its smoke budget on real ACDC data (one patient per split), so that the benchmark
+cannot rot: every method trains, predicts a user's own test slices and lands in the table, the JSON and the plot; a
+second run resumes, i.e. trains nothing again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnunetv2_mamba.data.convert_h5 import convert_h5
+
+pytestmark = [pytest.mark.slow, pytest.mark.acdc]
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "acdc_scribble.py"
+METHODS = {"nnU-Net (scribbles)", "WeakMamba ensemble", "WeakMamba cnn alone", "WeakMamba vit alone",
+           "WeakMamba mamba alone", "nnU-Net (dense, upper bound)", "MambaUNet alone (scribbles)",
+           "SwinUNet alone (scribbles)"}
+
+
+def own_test_slices(acdc_dir: Path, folder: Path) -> tuple[Path, Path]:
+    """Four mid-ventricle slices of a val patient the smoke run does not use (it takes the first of each split), as
+    a user would pass their own test patients: converted by convert-h5, the images and dense labels in two folders."""
+    splits = json.loads((acdc_dir / "splits.json").read_text())
+    raw = convert_h5(acdc_dir, folder / "raw", mode="2d",
+                     splits={"train": sorted(splits["train"])[:1], "test": sorted(splits["val"])[1:2]})
+    images, labels = folder / "images", folder / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for frame in sorted({p.name.split("_slice")[0] for p in (raw / "labelsTs").iterdir()}):
+        slices = sorted((raw / "labelsTs").glob(f"{frame}_slice*.nii.gz"))
+        for label in slices[len(slices) // 2 - 1: len(slices) // 2 + 1]:
+            case = label.name.removesuffix(".nii.gz")
+            os.link(label, labels / label.name)
+            os.link(raw / "imagesTs" / f"{case}_0000.nii.gz", images / f"{case}_0000.nii.gz")
+    return images, labels
+
+
+def run_benchmark(arguments: list[str]) -> str:
+    result = subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    return result.stdout
+
+
+def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
+    images, labels = own_test_slices(acdc_dir, tmp_path / "test")
+    work = tmp_path / "work"
+    arguments = ["--budget", "smoke", "--patients", "1", "--processes", "1", "--ablation", "--data", str(acdc_dir),
+                 "--work", str(work), "--test-images", str(images), "--test-labels", str(labels), "--device", "cpu"]
+    first = run_benchmark(arguments)
+    assert first.count("nnUNetv2_train") == 5  # baseline, WeakMamba, dense upper bound, two ablation networks
+
+    (table,) = (work / "smoke").glob("acdc_scribble_smoke_test-*.md")
+    results = json.loads(table.with_suffix(".json").read_text())
+    assert {row["method"] for row in results["results"]} == METHODS
+    assert all(name in table.read_text() for name in METHODS)
+    assert results["test"]["cases"] == 4
+    for row in results["results"]:
+        for key in ("RV", "MYO", "LV", "mean Dice"):
+            assert 0 <= row[key] <= 1, (row["method"], key, row[key])
+        assert row["iterations"] == 4 and row["train s"] is not None
+    assert set(results["curves"]) == {"nnU-Net (scribbles)", "WeakMamba", "nnU-Net (dense, upper bound)",
+                                      "MambaUNet alone (scribbles)", "SwinUNet alone (scribbles)"}
+    assert len(results["curves"]["WeakMamba"]["mean_fg_dice_mamba"]) == 2  # one value per epoch, per member
+    assert table.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    second = run_benchmark(arguments)
+    assert "nnUNetv2_train" not in second and "nnUNetv2_predict" not in second and "convert ..." not in second
+    assert json.loads(table.with_suffix(".json").read_text())["results"] == results["results"]
