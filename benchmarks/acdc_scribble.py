@@ -331,7 +331,7 @@ def run_training(training: Training, folder: Path, device: torch.device, say: Sa
 
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
-    from nnunetv2_mamba.demo import output_to
+    from nnunetv2_mamba.demo import output_to, run_timed_training
 
     record = folder / "training" / f"{training.trainer}__{training.plans}.json"
     if (training.model_folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file():
@@ -347,17 +347,7 @@ def run_training(training: Training, folder: Path, device: torch.device, say: Sa
                                         training.plans, device=device)
         maybe_load_checkpoint(trainer, continue_training=True, validation_only=False)
         resumed_at = trainer.current_epoch
-        steps: list[float] = []
-        step = trainer.train_step
-
-        def timed_step(batch: dict) -> dict:
-            begin = time.perf_counter()
-            result = step(batch)
-            steps.append(time.perf_counter() - begin)
-            return result
-
-        trainer.train_step = timed_step
-        trainer.run_training()
+        steps = run_timed_training(trainer)
     result = {"iterations": len(steps), "seconds": time.perf_counter() - started, "resumed_at_epoch": resumed_at,
               "seconds_per_iteration": statistics.median(steps[1:] or steps),
               "params": sum(p.numel() for p in trainer.network.parameters())}

@@ -137,6 +137,23 @@ def prepare_dataset(dims: int, dense: bool, runs: Sequence[DemoRun], divisor: in
     return dataset_id, name
 
 
+def run_timed_training(trainer) -> list[float]:
+    """``trainer.run_training()``; returns the seconds of every training step (the network's work, without data
+    loading and validation)."""
+    seconds: list[float] = []
+    step = trainer.train_step
+
+    def timed_step(batch: dict) -> dict:
+        start = time.perf_counter()
+        result = step(batch)
+        seconds.append(time.perf_counter() - start)
+        return result
+
+    trainer.train_step = timed_step
+    trainer.run_training()
+    return seconds
+
+
 def train(run: DemoRun, dataset_id: int, device, log: TextIO) -> dict[str, Any]:
     """Train ``run`` with nnU-Net's trainer; returns the network's size, the median seconds per training iteration
     and the trained model folder."""
@@ -148,17 +165,7 @@ def train(run: DemoRun, dataset_id: int, device, log: TextIO) -> dict[str, Any]:
     with output_to(log):
         trainer = get_trainer_from_args(str(dataset_id), run.configuration, FOLD, run.trainer, run.plans,
                                         device=device)
-        seconds: list[float] = []
-        step = trainer.train_step
-
-        def timed_step(batch: dict) -> dict:
-            start = time.perf_counter()
-            result = step(batch)
-            seconds.append(time.perf_counter() - start)
-            return result
-
-        trainer.train_step = timed_step
-        trainer.run_training()
+        seconds = run_timed_training(trainer)
     return {"params": sum(p.numel() for p in trainer.network.parameters()),
             "seconds_per_iteration": statistics.median(seconds[1:] or seconds),
             "iterations": len(seconds), "model_folder": trainer.output_folder_base}
