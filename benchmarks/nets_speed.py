@@ -159,7 +159,7 @@ def main() -> None:
         rows.append(run_case(case, threads=args.threads))
     add_ratios(rows)
     print(format_table(rows, ["case", "forward_s", "forward_s_per_image", "forward_s_x", "forward_backward_s",
-                              "forward_backward_s_x", "peak_mb", "peak_mb_x", "error"]))
+                              "forward_backward_s_x", "peak_mb", "peak_mb_x", "load_before", "error"]))
     print("written to", write_json("nets_speed", {"machine": machine_info(args.threads), "rows": rows}))
 
 

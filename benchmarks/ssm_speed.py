@@ -110,7 +110,7 @@ def main() -> None:
         rows.append(run_case(case, threads=args.threads))
         print("   ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
 
-    columns = ["case", "impl", "length", "forward_s", "forward_backward_s", "peak_mb", "error"]
+    columns = ["case", "impl", "length", "forward_s", "forward_backward_s", "peak_mb", "load_before", "error"]
     print(format_table(rows, columns))
     summary = []
     for case, baseline in (("mamba1", "mambapy"), ("mamba2", "ssd_minimal")):
