@@ -12,6 +12,8 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +70,7 @@ def run_case(case: Case, threads: int = 2, timeout_s: float = 1800) -> dict[str,
     """Measure one case in a fresh process; returns phase times in seconds and ``peak_mb``, or ``error``."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
+    load = os.getloadavg()[0]  # > ~0.5 on an idle machine means other jobs share the cores: times are not clean
     proc = ctx.Process(target=_run_case, args=(case, threads, queue))
     proc.start()
     try:
@@ -77,7 +80,7 @@ def run_case(case: Case, threads: int = 2, timeout_s: float = 1800) -> dict[str,
     proc.join(timeout=60)
     if proc.is_alive():
         proc.kill()
-    return {"case": case.name, **case.kwargs, **result}
+    return {"case": case.name, **case.kwargs, **result, "load_before": round(load, 2)}
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -112,3 +115,45 @@ def write_json(name: str, payload: dict[str, Any], out_dir: Path | None = None) 
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
+
+
+# --- end-to-end benchmarks that drive nnU-Net's and our command lines (ssl_recipe.py, clicks_benefit.py) ---
+
+
+def nnunet_environment(work: Path) -> dict[str, str]:
+    """This process's environment with nnU-Net's three folders inside ``work``, our trainers on nnU-Net's search path,
+    no ``torch.compile``, one preprocessing process and augmentation in the training process (worker processes cost
+    more than they save on tiny images; the planner refuses ``nnUNet_n_proc_DA=0``, so :func:`planning_environment`
+    drops it)."""
+    from nnunetv2_mamba.ext_trainers import EXT_TRAINER_DIR
+
+    return {**os.environ, "nnUNet_raw": str(work / "raw"), "nnUNet_preprocessed": str(work / "preprocessed"),
+            "nnUNet_results": str(work / "results"), "nnUNet_compile": "False", "nnUNet_n_proc_DA": "0",
+            "nnUNet_def_n_proc": "1", "nnUNet_extTrainer": str(EXT_TRAINER_DIR)}
+
+
+def planning_environment(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for ``nnUNetv2_plan_and_preprocess``, which fails with ``nnUNet_n_proc_DA=0``."""
+    return {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}
+
+
+def run_logged(command: list[str], env: dict[str, str], log: Path) -> float:
+    """Run ``command``, its output to ``log``; returns its wall time in seconds, exits with the log's name if it
+    fails."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        result = subprocess.run(command, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if result.returncode:
+        sys.exit(f"{' '.join(command)} failed ({result.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def shrink_plans(plans_file: Path, target: Path, feature_divisor: int, configuration: str = "2d") -> None:
+    """A copy of ``plans_file`` named after ``target`` whose ``configuration`` network has ``feature_divisor`` times
+    fewer features (at least 4) and one block per stage: a CPU-sized network on the same data and patches."""
+    plans = json.loads(plans_file.read_text())
+    kwargs = plans["configurations"][configuration]["architecture"]["arch_kwargs"]
+    kwargs["features_per_stage"] = [max(4, f // feature_divisor) for f in kwargs["features_per_stage"]]
+    kwargs["n_blocks_per_stage"] = [1] * kwargs["n_stages"]
+    plans["plans_name"] = target.stem
+    target.write_text(json.dumps(plans, indent=1))

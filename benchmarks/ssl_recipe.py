@@ -17,21 +17,17 @@ Prints a markdown table and writes benchmarks/results/ssl_recipe.json. Takes ten
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
-from common import RESULTS_DIR, format_table, machine_info, write_json
+from common import (RESULTS_DIR, format_table, machine_info, nnunet_environment, planning_environment,
+                    run_logged, shrink_plans, write_json)
 
 from nnunetv2_mamba.data.synthetic import write_synthetic_dataset
 from nnunetv2_mamba.data.unlabeled import move_to_unlabeled
 from nnunetv2_mamba.evaluation.metrics import evaluate_folders
-from nnunetv2_mamba.ext_trainers import EXT_TRAINER_DIR
 
 DATASET_ID, DATASET = "995", "Dataset995_SSLRecipe"
 PLANS = "nnUNetPlans_UMambaBot2Small"
@@ -40,37 +36,17 @@ ARMS = {"supervised": ["nnUNetTrainerSupervised_cpu"],
         "ssl": ["nnUNetTrainerDAE_cpu", "nnUNetTrainerConsistency_cpu", "nnUNetTrainerPseudoLabel_cpu"]}
 
 
-def run(command: list[str], env: dict, log: Path) -> float:
-    """Run ``command``, its output to ``log``; returns its wall time in seconds."""
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        result = subprocess.run(command, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if result.returncode:
-        sys.exit(f"{' '.join(command)} failed ({result.returncode}); see {log}")
-    return time.perf_counter() - start
-
-
-def shrink(plans_file: Path, target: Path, feature_divisor: int) -> None:
-    """A copy of ``plans_file`` named after ``target`` whose 2d network has fewer features and one block per stage."""
-    plans = json.loads(plans_file.read_text())
-    kwargs = plans["configurations"]["2d"]["architecture"]["arch_kwargs"]
-    kwargs["features_per_stage"] = [max(4, f // feature_divisor) for f in kwargs["features_per_stage"]]
-    kwargs["n_blocks_per_stage"] = [1] * kwargs["n_stages"]
-    plans["plans_name"] = target.stem
-    target.write_text(json.dumps(plans, indent=1))
-
-
 def prepare(work: Path, env: dict, seed: int) -> None:
     raw = write_synthetic_dataset(work / "raw" / DATASET, dims=2, dense=True, num_training=LABELED + UNLABELED,
                                   num_test=TEST, seed=seed)
     move_to_unlabeled(raw, [f"case_{i:03d}" for i in range(LABELED, LABELED + UNLABELED)])
-    planning_env = {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"}  # the planner fails with 0
-    run(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "2"], planning_env, work / "plan.log")
+    run_logged(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "2"],
+               planning_environment(env), work / "plan.log")
     cli = [sys.executable, "-m", "nnunetv2_mamba.cli"]
-    run(cli + ["plans", "-d", DATASET_ID, "-a", "UMambaBot2"], env, work / "plans.log")
+    run_logged(cli + ["plans", "-d", DATASET_ID, "-a", "UMambaBot2"], env, work / "plans.log")
     base = work / "preprocessed" / DATASET
-    shrink(base / "nnUNetPlans_UMambaBot2.json", base / f"{PLANS}.json", 4)
-    run(cli + ["preprocess-unlabeled", "-d", DATASET_ID, "-c", "2d"], env, work / "unlabeled.log")
+    shrink_plans(base / "nnUNetPlans_UMambaBot2.json", base / f"{PLANS}.json", 4)
+    run_logged(cli + ["preprocess-unlabeled", "-d", DATASET_ID, "-c", "2d"], env, work / "unlabeled.log")
 
 
 def train_and_predict(arm: str, work: Path, env: dict) -> dict:
@@ -80,11 +56,11 @@ def train_and_predict(arm: str, work: Path, env: dict) -> dict:
         if trainer == "nnUNetTrainerConsistency_cpu":  # starts from the DAE; the pseudo-label stage continues itself
             dae = work / "results" / DATASET / f"nnUNetTrainerDAE_cpu__{PLANS}__2d" / "fold_all"
             command += ["-pretrained_weights", str(dae / "checkpoint_final.pth")]
-        seconds[trainer] = run(command, env, work / f"{trainer}.log")
+        seconds[trainer] = run_logged(command, env, work / f"{trainer}.log")
     predictions = work / f"predictions_{arm}"
-    run(["nnUNetv2_predict", "-i", str(work / "raw" / DATASET / "imagesTs"), "-o", str(predictions), "-d", DATASET_ID,
-         "-c", "2d", "-p", PLANS, "-tr", ARMS[arm][-1], "-f", "all", "-device", "cpu", "-npp", "1", "-nps", "1"],
-        env, work / f"predict_{arm}.log")
+    run_logged(["nnUNetv2_predict", "-i", str(work / "raw" / DATASET / "imagesTs"), "-o", str(predictions), "-d",
+                DATASET_ID, "-c", "2d", "-p", PLANS, "-tr", ARMS[arm][-1], "-f", "all", "-device", "cpu", "-npp", "1",
+                "-nps", "1"], env, work / f"predict_{arm}.log")
     results = evaluate_folders(work / "raw" / DATASET / "labelsTs", predictions, predictions / "dataset.json",
                                progress=False)
     return {"training_seconds": seconds, "per_class": results["per_class"],
@@ -99,9 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    env = {**os.environ, "nnUNet_raw": str(args.work / "raw"), "nnUNet_preprocessed": str(args.work / "preprocessed"),
-           "nnUNet_results": str(args.work / "results"), "nnUNet_compile": "False", "nnUNet_n_proc_DA": "0",
-           "nnUNet_def_n_proc": "1", "nnUNet_extTrainer": str(EXT_TRAINER_DIR)}
+    env = nnunet_environment(args.work)
     prepare(args.work, env, args.seed)
     arms = {arm: train_and_predict(arm, args.work, env) for arm in ARMS}
     rows = [{"arm": arm, **{c["name"]: c["mean"]["Dice"] for label, c in result["per_class"].items() if label != 0},
