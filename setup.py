@@ -17,7 +17,7 @@ setup(
     install_requires=[
         "nnunetv2>=2.8.1,<2.9",
         "dynamic-network-architectures>=0.4.3,<0.5",
-        "torch>=2.3",
+        "torch>=2.4",  # torch.is_autocast_enabled(device_type)
         "timm>=1.0,<2",
         "h5py>=3.10,<4",
         "numpy>=1.26,<3",
