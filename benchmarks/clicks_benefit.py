@@ -1,10 +1,12 @@
 """Do clicks help? UMambaBot2Click trained with simulated clicks, then predicted without and with clicks, on a CPU.
 
-The dense synthetic 2D dataset (nnunetv2_mamba.data.synthetic, 64 x 64 pixels: ring, cavity, blob) with 16
-training and 8 test cases; the plans of ``nnunetv2_mamba plans -a UMambaBot2Click`` shrunk for a CPU (a quarter of the
-features, one block per stage); ``nnUNetTrainerClicks`` for ``--epochs`` epochs of ``--iterations`` iterations (a
-trainer class written to the work folder and put on ``nnUNet_extTrainer``; ``--trainer`` takes an existing schedule
-such as ``nnUNetTrainerClicks_demo`` instead), fold ``all``.
+The dense synthetic 2D dataset (nnunetv2_mamba.data.synthetic, 64 x 64 pixels: ring, cavity, blob) with
+``--training`` (16) training and ``--test`` (8) test cases, or with ``--decoy`` its variant with an unlabelled
+look-alike of the blob, where only a prompt tells which blob is meant; the plans of ``nnunetv2_mamba plans -a
+UMambaBot2Click`` shrunk for a CPU (a quarter of the features, one block per stage); ``nnUNetTrainerClicks`` for
+``--epochs`` epochs of ``--iterations`` iterations (a trainer class written to the work folder and put on
+``nnUNet_extTrainer``; ``--trainer`` takes an existing schedule such as ``nnUNetTrainerClicks_demo`` instead), fold
+``all``.
 The test cases are then predicted with ``nnunetv2_mamba predict-clicks``
 
 - without clicks (the unprompted network),
@@ -16,10 +18,13 @@ The test cases are then predicted with ``nnunetv2_mamba predict-clicks``
   clicks are, these must not help as the real clicks do,
 
 and evaluated against labelsTs with nnunetv2_mamba.evaluation.metrics. Prints a markdown table and writes
-benchmarks/results/NAME.json. The default schedule took 12 to 28 minutes on 2 CPU cores shared with other jobs.
+benchmarks/results/NAME.json. On 2 idle CPU cores the default run takes about 2 minutes, the decoy run of
+documentation/interactive.md (400 training cases, 100 epochs) about 10; a second job on the cores slows either
+down many times.
 
     python benchmarks/clicks_benefit.py [--name clicks_benefit] [--work DIR] [--seed 0] [--epochs 15]
                                         [--iterations 20] [--clicks 1 3 5] [--feature-divisor 4] [--trainer NAME]
+                                        [--decoy] [--training 16] [--test 8] [--click-map-sigma S]
 
 Results (a measured run and what it means): documentation/interactive.md, "Do clicks help? A measured run".
 """
@@ -45,7 +50,6 @@ from nnunetv2_mamba.evaluation.metrics import evaluate_folders
 
 DATASET_ID, DATASET = "996", "Dataset996_ClicksBenefit"
 PLANS = "nnUNetPlans_UMambaBot2ClickSmall"
-TRAINING, TEST = 16, 8
 CLASSES = [value for value in LABELS.values() if value]
 TRAINER = "nnUNetTrainerClicks_benchmark"
 TRAINER_MODULE = '''"""Written by benchmarks/clicks_benefit.py: its schedule, found through nnUNet_extTrainer."""
@@ -68,15 +72,21 @@ def add_trainer(work: Path, env: dict, epochs: int, iterations: int) -> None:
     env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(folder)])
 
 
-def prepare(work: Path, env: dict, seed: int, feature_divisor: int) -> Path:
-    raw = write_synthetic_dataset(work / "raw" / DATASET, dims=2, dense=True, num_training=TRAINING, num_test=TEST,
-                                  seed=seed)
+def prepare(work: Path, env: dict, args: argparse.Namespace) -> Path:
+    """The raw dataset, nnU-Net's planning and preprocessing, and the CPU-sized UMambaBot2Click plans :data:`PLANS`
+    (with ``--click-map-sigma`` in their ``arch_kwargs`` if given)."""
+    raw = write_synthetic_dataset(work / "raw" / DATASET, dims=2, dense=True, num_training=args.training,
+                                  num_test=args.test, seed=args.seed, decoy=args.decoy)
     run_logged(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1"], planning_environment(env),
                work / "plan.log")
     run_logged([sys.executable, "-m", "nnunetv2_mamba.cli", "plans", "-d", DATASET_ID, "-a", "UMambaBot2Click"], env,
                work / "plans.log")
     base = work / "preprocessed" / DATASET
-    shrink_plans(base / "nnUNetPlans_UMambaBot2Click.json", base / f"{PLANS}.json", feature_divisor)
+    shrink_plans(base / "nnUNetPlans_UMambaBot2Click.json", base / f"{PLANS}.json", args.feature_divisor)
+    if args.click_map_sigma is not None:
+        plans = json.loads((base / f"{PLANS}.json").read_text())
+        plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["click_map_sigma"] = args.click_map_sigma
+        (base / f"{PLANS}.json").write_text(json.dumps(plans, indent=1))
     return raw
 
 
@@ -124,6 +134,13 @@ def main() -> None:
                         help="clicks per class of the prompted conditions (default: %(default)s)")
     parser.add_argument("--feature-divisor", type=int, default=4,
                         help="network width divided by this for the CPU (default: %(default)s)")
+    parser.add_argument("--decoy", action="store_true",
+                        help="the dataset variant with an unlabelled look-alike blob in every image")
+    parser.add_argument("--training", type=int, default=16, help="training cases (default: %(default)s); with "
+                        "--decoy use hundreds, or the network memorises which blob is labelled in each image")
+    parser.add_argument("--test", type=int, default=8, help="test cases (default: %(default)s)")
+    parser.add_argument("--click-map-sigma", type=float, help="the network's click_map_sigma (default: its own); 0: "
+                        "clicks reach it through the bottleneck cross-attention only, as in U-Mamba2")
     args = parser.parse_args()
     args.work = args.work or RESULTS_DIR / f"{args.name}_work"
     shutil.rmtree(args.work, ignore_errors=True)
@@ -134,7 +151,7 @@ def main() -> None:
         add_trainer(args.work, env, args.epochs, args.iterations)
     else:
         args.epochs = args.iterations = None
-    raw = prepare(args.work, env, args.seed, args.feature_divisor)
+    raw = prepare(args.work, env, args)
     train_seconds = run_logged(["nnUNetv2_train", DATASET_ID, "2d", "all", "-p", PLANS, "-tr", args.trainer, "-device",
                                 "cpu"], env, args.work / "train.log")
 
@@ -157,8 +174,10 @@ def main() -> None:
     print(format_table(rows, list(rows[0])))
     schedule = f"{args.epochs} epochs of {args.iterations} iterations" if args.epochs else args.trainer
     print(f"training: {train_seconds:.0f} s ({schedule}, plans {PLANS}, feature divisor {args.feature_divisor})")
-    path = write_json(args.name, {"training": TRAINING, "test": TEST, "seed": args.seed, "trainer": args.trainer,
-                                  "epochs": args.epochs, "iterations_per_epoch": args.iterations, "plans": PLANS,
+    path = write_json(args.name, {"training": args.training, "test": args.test, "seed": args.seed,
+                                  "decoy": args.decoy, "click_map_sigma": args.click_map_sigma,
+                                  "trainer": args.trainer, "epochs": args.epochs,
+                                  "iterations_per_epoch": args.iterations, "plans": PLANS,
                                   "feature_divisor": args.feature_divisor, "train_seconds": train_seconds,
                                   "machine": machine_info(torch.get_num_threads()), "conditions": results})
     print(f"wrote {path}")

@@ -82,3 +82,24 @@ def test_bad_arguments(tmp_path):
         write_synthetic_dataset(tmp_path / "x", num_training=1, num_test=0)
     write_synthetic_dataset(tmp_path / "x", num_training=2, num_test=0, overwrite=True)
     assert len(list((tmp_path / "x" / "imagesTr").iterdir())) == 2
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_decoy_blob_looks_like_the_blob_and_is_background(dims):
+    """The decoy variant keeps the labels and the image of the same seed and adds, in the image only, a second blob
+    of the labelled blob's brightness, away from it."""
+    from scipy import ndimage
+
+    from nnunetv2_mamba.data.synthetic import SHAPE_2D, SHAPE_3D, SPACING_2D, SPACING_3D, synthetic_case
+
+    shape, spacing = (SHAPE_2D, SPACING_2D) if dims == 2 else (SHAPE_3D, SPACING_3D)
+    for seed in range(5):
+        image, label = synthetic_case(np.random.default_rng(seed), shape, spacing)
+        twin_image, twin_label = synthetic_case(np.random.default_rng(seed), shape, spacing, decoy=True)
+        np.testing.assert_array_equal(twin_label, label)
+        changed = np.abs(twin_image - image) > 0.2  # noise and shading are the same draws
+        decoy = ndimage.binary_erosion(changed)
+        assert decoy.sum() >= 10 and (label[decoy] == 0).all()
+        assert not ndimage.binary_dilation(label == 3, iterations=2)[decoy].any()  # apart from the labelled blob
+        # background (0.2) -> blob (0.65) brightness, times the case's contrast factor in [0.9, 1.1]
+        assert 0.9 * 0.45 - 0.05 < (twin_image - image)[decoy].mean() < 1.1 * 0.45 + 0.05

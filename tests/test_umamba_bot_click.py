@@ -58,10 +58,11 @@ def test_click_channels_reject_bad_clicks():
         encode_click_channels([Click(1, (1, 1, 1))], (4, 4), 2)
 
 
+@pytest.mark.parametrize("click_map_sigma", [2.0, 0.0])
 @pytest.mark.parametrize("conv_op, strides, kernel_sizes, patch", CASES)
-def test_output_depends_on_clicks_and_only_on_its_own(conv_op, strides, kernel_sizes, patch):
+def test_output_depends_on_clicks_and_only_on_its_own(conv_op, strides, kernel_sizes, patch, click_map_sigma):
     net = UMambaBot2Click(1, num_classes=3, deep_supervision=True, **tiny(conv_op, strides, kernel_sizes),
-                          **CLICK_KWARGS).eval()
+                          **CLICK_KWARGS, click_map_sigma=click_map_sigma).eval()
     image = torch.randn(2, 1, *patch)
     a = [Click(1, tuple(n // 4 for n in patch)), Click(2, tuple(n - 2 for n in patch))]
     b = [Click(1, tuple(n // 2 for n in patch))]
@@ -76,6 +77,27 @@ def test_output_depends_on_clicks_and_only_on_its_own(conv_op, strides, kernel_s
         # ... and sample 1 (no clicks) does not see sample 0's: padding is masked, not extra "no point" tokens
         torch.testing.assert_close(clicked[0][1], plain[0][1], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(net(with_clicks(image, [[], []], 2))[0], plain[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape, click", [((20, 17), (6, 9)), ((9, 12, 10), (4, 2, 7))])
+def test_click_maps_are_gaussian_bumps_cut_at_the_border(shape, click):
+    net = tiny_net(conv_op=nn.Conv2d if len(shape) == 2 else nn.Conv3d, strides=[[1] * len(shape)] * 3)
+    x = with_clicks(torch.randn(1, 1, *shape), [[Click(2, click)]], 2)
+    maps = net.click_maps(x)[0]
+    assert maps.shape == (2, *shape) and not maps[0].any()
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))
+    distance2 = sum((g - c) ** 2 for g, c in zip(grid, click))
+    expected = np.exp(-0.5 * distance2 / 2.0 ** 2) * (np.abs(grid - np.reshape(click, (-1,) + (1,) * len(shape)))
+                                                      <= 6).all(axis=0)  # the kernel's radius is 3 sigma
+    np.testing.assert_allclose(maps[1].numpy(), expected, atol=1e-6)
+    torch.testing.assert_close(net.click_maps(x[:, :1]), torch.zeros(1, 2, *shape))  # unprompted: no bumps
+
+
+def test_attention_only_variant_feeds_the_image_alone_to_the_encoder():
+    net = tiny_net(click_map_sigma=0)
+    assert net.encoder.stem.convs[0].conv.in_channels == 1
+    with pytest.raises(ValueError, match="click_map_sigma must be >= 0"):
+        tiny_net(click_map_sigma=-1)
 
 
 def test_causal_scan_over_appended_click_tokens_is_blind_to_them():
@@ -145,6 +167,58 @@ def test_plans_build_the_network_and_budget_for_the_branch(plans, configuration)
                  for name, kwargs in ((architecture["network_class_name"], architecture["arch_kwargs"]),
                                       ("nnunetv2_mamba.nets.umamba_bot.UMambaBot2", bot2_kwargs))]
     bottleneck = deep_supervision_shapes(patch, [*architecture["arch_kwargs"]["strides"], [1] * len(patch)])[-1]
-    assert estimates[0] - estimates[1] == net.click_attention.compute_conv_feature_map_size(bottleneck) > 0
+    fusion = (2 * 3 + 1) * int(np.prod(patch))  # click maps and the concatenated encoder input
+    assert estimates[0] - estimates[1] == net.click_attention.compute_conv_feature_map_size(bottleneck) + fusion
+    assert net.click_map_sigma == 2.0 and net.encoder.stem.convs[0].conv.in_channels == 1 + 3
     n_branch = sum(p.numel() for p in net.click_attention.parameters())
     print(f"\nUMambaBot2Click {configuration}: {n_branch / 1e6:.2f} M parameters in the click branch")
+
+
+def test_training_learns_to_follow_clicks():
+    """Where only a click tells which of two identical blobs is meant (the synthetic decoy variant), a short training
+    with simulated clicks makes the clicked blob's Dice far better than without clicks: the clicks are used."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    from nnunetv2_mamba.data.simulate_clicks import clicks_in_structure, simulate_clicks
+    from nnunetv2_mamba.data.synthetic import synthetic_case
+
+    torch.manual_seed(0)
+    shape, spacing, blob = (32, 32), (1.0, 1.0), 3
+    arch = {**tiny(nn.Conv2d, [[1, 1], [2, 2], [2, 2], [2, 2]]), "features_per_stage": [8, 16, 32, 64]}
+    net = UMambaBot2Click(1, num_classes=4, deep_supervision=False, click_mlp_dim=64, headdim=16, **arch)
+    loss = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, 1, 1,
+                          dice_class=MemoryEfficientSoftDiceLoss)
+    optimizer = torch.optim.SGD(net.parameters(), 0.01, momentum=0.99, nesterov=True)  # nnU-Net's
+    rng = np.random.default_rng(0)
+
+    def case(clicked: bool | None) -> tuple[np.ndarray, np.ndarray]:
+        """A z-scored decoy image with click channels, and its label; None: training clicks (simulated for every
+        class, sometimes none), True: one click on the labelled blob, False: no clicks."""
+        image, label = synthetic_case(rng, shape, spacing, decoy=True)
+        clicks = (simulate_clicks(label, [1, 2, 3], rng) if clicked is None else
+                  [Click(blob, p) for p in clicks_in_structure(label == blob, 1, rng)] if clicked else [])
+        maps = encode_click_channels(clicks, shape, 3)
+        return np.concatenate([((image - image.mean()) / image.std())[None], maps]), label
+
+    iterations = 250
+    for it in range(iterations):
+        x, y = map(np.stack, zip(*[case(None) for _ in range(8)]))
+        for group in optimizer.param_groups:
+            group["lr"] = 0.01 * (1 - it / iterations) ** 0.9
+        optimizer.zero_grad()
+        loss(net(torch.from_numpy(x)), torch.from_numpy(y[:, None]).long()).backward()
+        optimizer.step()
+    net.eval()
+    dice = {True: [], False: []}
+    with torch.no_grad():
+        for _ in range(16):
+            image_and_click, label = case(True)
+            for clicked in dice:
+                x = image_and_click if clicked else image_and_click * np.array([1, 0, 0, 0])[:, None, None]
+                predicted = net(torch.from_numpy(x[None]).float())[0].argmax(0).numpy() == blob
+                target = label == blob
+                dice[clicked].append(2 * (predicted & target).sum() / (predicted.sum() + target.sum()))
+    with_clicks_dice, without = np.mean(dice[True]), np.mean(dice[False])
+    print(f"\nblob Dice with one click {with_clicks_dice:.3f}, without {without:.3f}")
+    assert with_clicks_dice > without + 0.2

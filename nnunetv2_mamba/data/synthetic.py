@@ -8,6 +8,10 @@ dataset in the scribble layout of :mod:`nnunetv2_mamba.data.scribble_dataset` (s
 dense labels in ``labelsTr_dense``, test cases in ``imagesTs``/``labelsTs``) or, with ``dense=True``, an ordinary
 dense one (dense labels in ``labelsTr`` and, for the same evaluation code, in ``labelsTr_dense``). The same seed gives
 the same images and dense labels in both variants, so scribble and full supervision can be compared.
+
+``decoy=True`` adds a second blob that looks exactly like the labelled one but is background: the two are drawn from
+the same distribution (sizes, distance to the ring, directions on opposite sides), so no image feature tells which one
+is meant. Only a prompt can; this is the variant on which click-prompted networks show what clicks add.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ def _ellipsoid(grid: np.ndarray, center: np.ndarray, radii: np.ndarray, angle: f
     return sum((o / r) ** 2 for o, r in zip(offset, radii)) <= 1
 
 
-def synthetic_case(rng: np.random.Generator, shape: Sequence[int],
-                   spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """One random (image float32, dense label uint8) pair; 2D or 3D after ``shape``, sizes in mm after ``spacing``."""
+def synthetic_case(rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[float],
+                   decoy: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One random (image float32, dense label uint8) pair; 2D or 3D after ``shape``, sizes in mm after ``spacing``;
+    with ``decoy``, the same case plus an unlabelled look-alike of the blob in the image."""
     shape, spacing = tuple(shape), np.asarray(spacing, dtype=float)
     grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij"))
     extent = np.asarray(shape) * spacing
@@ -59,32 +64,43 @@ def synthetic_case(rng: np.random.Generator, shape: Sequence[int],
     cavity = _ellipsoid(grid, center, radii, angle)
     ring = _ellipsoid(grid, center, radii + thickness, angle) & ~cavity
     direction = rng.uniform(0, 2 * np.pi)
-    blob_radii = size * rng.uniform(0.08, 0.12, len(shape))
-    blob_radii[:-2] *= 1.5
-    blob_center = center.copy()
-    reach = radii[-1] + thickness + 0.8 * blob_radii[-1]
-    blob_center[-2:] += reach * np.array([np.sin(direction), np.cos(direction)])
-    blob = _ellipsoid(grid, blob_center, blob_radii, rng.uniform(0, np.pi))
+    blob = _blob(rng, grid, center, radii[-1] + thickness, size, direction)
     label = np.zeros(shape, dtype=np.uint8)
     label[blob] = 3
     label[ring] = 1
     label[cavity] = 2
-    image = _MEAN_INTENSITY[label] * rng.uniform(0.9, 1.1)
+    appearance = label
+    if decoy:  # opposite side, so the two never touch; the swap of the two blobs has the same distribution
+        decoy_rng = rng.spawn(1)[0]  # leaves ``rng``'s stream, hence everything else of the case, unchanged
+        appearance = label.copy()
+        appearance[_blob(decoy_rng, grid, center, radii[-1] + thickness, size,
+                         direction + np.pi + decoy_rng.uniform(-np.pi / 3, np.pi / 3)) & (label == 0)] = 3
+    image = _MEAN_INTENSITY[appearance] * rng.uniform(0.9, 1.1)
     shading = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=4)  # slowly varying, like a coil's bias
     image += 0.1 * shading / shading.std()
     image = ndimage.gaussian_filter(image, sigma=0.6) + rng.normal(0, 0.06, shape)
     return image.astype(np.float32), label
 
 
+def _blob(rng: np.random.Generator, grid: np.ndarray, center: np.ndarray, ring_radius: float, size: float,
+          direction: float) -> np.ndarray:
+    """Mask of a blob just outside a ring of in-plane radius ``ring_radius`` about ``center``, towards ``direction``."""
+    radii = size * rng.uniform(0.08, 0.12, len(center))
+    radii[:-2] *= 1.5
+    blob_center = center.copy()
+    blob_center[-2:] += (ring_radius + 0.8 * radii[-1]) * np.array([np.sin(direction), np.cos(direction)])
+    return _ellipsoid(grid, blob_center, radii, rng.uniform(0, np.pi))
+
+
 def write_synthetic_dataset(target: str | os.PathLike, dims: int = 2, num_training: int | None = None,
                             num_test: int | None = None, shape: Sequence[int] | None = None,
-                            dense: bool = False, seed: int = 0, overwrite: bool = False) -> Path:
+                            dense: bool = False, seed: int = 0, overwrite: bool = False, decoy: bool = False) -> Path:
     """Write the synthetic raw dataset to the folder ``target`` (e.g. ``$nnUNet_raw/`` +
     :func:`synthetic_dataset_name`) and return it.
 
     Defaults: 2D, 16 training and 4 test cases of 64x64 pixels (1 mm); 3D, 8 training and 2 test cases of
     32x48x48 voxels (2 x 1 x 1 mm). Takes about a second. ``dense=True`` writes dense labels to ``labelsTr`` and no
-    ignore label, for ordinary (fully supervised) trainers.
+    ignore label, for ordinary (fully supervised) trainers; ``decoy=True`` adds the unlabelled look-alike blob.
     """
     if dims not in (2, 3):
         raise ValueError(f"dims must be 2 or 3, got {dims}")
@@ -102,7 +118,7 @@ def write_synthetic_dataset(target: str | os.PathLike, dims: int = 2, num_traini
         for sub in ("imagesTr", "labelsTr", DENSE_LABELS_TR) + (("imagesTs", "labelsTs") if num_test else ()):
             (tmp / sub).mkdir()
         for case, split in cases:
-            image, label = synthetic_case(case_rng(seed, case), shape, spacing)
+            image, label = synthetic_case(case_rng(seed, case), shape, spacing, decoy)
             write_image(image, spacing, tmp / f"images{split}" / f"{case}_0000{FILE_ENDING}")
             if split == "Ts":
                 write_image(label, spacing, tmp / "labelsTs" / f"{case}{FILE_ENDING}")
@@ -113,7 +129,8 @@ def write_synthetic_dataset(target: str | os.PathLike, dims: int = 2, num_traini
                                                  slice_axis=slice_axis_of(spacing))
             write_image(label, spacing, tmp / "labelsTr" / f"{case}{FILE_ENDING}")
         write_dataset_json(tmp, labels, num_training, {"0": "synthetic"}, dataset_name=Path(target).name,
-                           description=f"Synthetic {dims}D demo data of nnunetv2_mamba (seed {seed}); "
+                           description=f"Synthetic {dims}D demo data of nnunetv2_mamba (seed {seed}"
+                                       f"{', with decoy blobs' if decoy else ''}); "
                                        f"{'dense' if dense else 'simulated scribble'} labels in labelsTr.",
                            license="CC0", reference="nnunetv2_mamba.data.synthetic")
         if not dense:
