@@ -9,9 +9,10 @@ else runs :class:`_SelectiveScan`, a pure-PyTorch recurrence with a hand-written
   by side (one op per step updates ``P`` states), then joined by a short pass over ``P`` and a vectorised correction
   with the cumulative decay. ``P`` grows when one state is small (3D stages, batch 1), so the number of Python-level
   ops stays low; with large states ``P = 1`` and no extra pass is needed.
-* Only the state at each chunk start is saved. The backward recomputes a chunk's states, runs the adjoint recurrence
-  with the same two-level scheme and reduces the gradients chunk by chunk, so memory is linear in L with a small
-  constant and the (batch, dim, L, N) tensors are never materialised.
+* ``softplus(delta + delta_bias)``, ``delta * u`` and the ``D`` skip are formed per chunk, while it is in cache.
+* Only the inputs and the state at each chunk start are saved. The backward recomputes a chunk's states, runs the
+  adjoint recurrence with the same two-level scheme and reduces the gradients chunk by chunk, so memory is linear in
+  L with a small constant and the (batch, dim, L, N) tensors are never materialised.
 * ``exp(delta * A)`` is computed as ``exp2(delta * A * log2(e))``, which is about twice as fast on CPUs.
 """
 
@@ -87,14 +88,10 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
 def _selective_scan_pure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
     dtype_in = u.dtype
     ct = compute_dtype(u)
-    u_c, delta_c = u.to(ct), delta.to(ct)
-    if delta_bias is not None:
-        delta_c = delta_c + delta_bias.to(ct)[:, None]
-    if delta_softplus:
-        delta_c = F.softplus(delta_c)
-    y, last_state = _SelectiveScan.apply(u_c, delta_c, A.to(ct), B.to(ct), C.to(ct))
-    if D is not None:
-        y = y + u_c * D.to(ct)[:, None]
+    u_c, delta_c, A_c, B_c, C_c = (t.to(ct) for t in (u, delta, A, B, C))
+    D_c = None if D is None else D.to(ct)
+    bias_c = None if delta_bias is None else delta_bias.to(ct)
+    y, last_state = _SelectiveScan.apply(u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, delta_softplus)
     if z is not None:
         y = y * F.silu(z.to(ct))
     y = y.to(dtype_in)
@@ -128,10 +125,11 @@ class _Layout:
         start = c * self.T * self.P
         return start, min(self.length, start + self.T * self.P)
 
-    def chunk(self, x: torch.Tensor, c: int) -> torch.Tensor:
-        """Time-major (L, ...) -> chunk ``c`` as a (T, P, ...) view (a padded copy for the last chunk)."""
+    def chunk(self, x: torch.Tensor, c: int, transform=None) -> torch.Tensor:
+        """Time-major (L, ...) -> chunk ``c`` as a (T, P, ...) view (a padded copy for the last chunk).
+        ``transform`` maps the chunk's time-major slice before padding, so padded steps stay zero."""
         start, stop = self.span(c)
-        x = x[start:stop]
+        x = x[start:stop] if transform is None else transform(x[start:stop])
         if stop - start < self.T * self.P:
             x = F.pad(x, [0, 0] * (x.dim() - 1) + [0, self.T * self.P - (stop - start)])
         return x.view(self.P, self.T, *x.shape[1:]).transpose(0, 1)
@@ -228,15 +226,44 @@ class _Recurrence:
         return dA[0, 0] * g[0, 0]
 
 
+class _StepInputs:
+    """The per-step inputs of a chunk, ``dt = softplus(delta + delta_bias)``, ``dt * u`` and ``u``, in the (T, P, ...)
+    layout. They are formed chunk by chunk, while the chunk is in cache, and recomputed in the backward rather than
+    saved: passes over whole sequences cost more than the scan's own per-chunk work at VMamba's sizes."""
+
+    def __init__(self, lay: _Layout, u: torch.Tensor, delta: torch.Tensor, D: torch.Tensor | None,
+                 delta_bias: torch.Tensor | None, delta_softplus: bool):
+        self.lay, self.softplus = lay, delta_softplus
+        self.u, self.delta = lay.channels(u), lay.channels(delta)
+        self.bias = None if delta_bias is None else delta_bias.view(lay.groups, 1, lay.K)
+        self.D = None if D is None else D.view(lay.groups, 1, lay.K)
+
+    def biased(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta if self.bias is None else delta + self.bias
+
+    def dt(self, delta: torch.Tensor) -> torch.Tensor:
+        return F.softplus(self.biased(delta)) if self.softplus else self.biased(delta)
+
+    def chunk(self, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``u``, ``dt`` and ``dt * u`` of chunk ``c``; zero on padded steps, which then leave the state unchanged."""
+        u = self.lay.chunk(self.u, c)
+        dt = self.lay.chunk(self.delta, c, self.dt)
+        return u, dt, dt * u
+
+    def dt_slope(self, c: int) -> torch.Tensor | None:
+        """d dt / d delta on chunk ``c`` (None when dt is delta plus a constant)."""
+        return torch.sigmoid(self.lay.chunk(self.delta, c, self.biased)) if self.softplus else None
+
+
 class _SelectiveScan(torch.autograd.Function):
-    """Core recurrence without D, z and delta preprocessing (those are cheap elementwise ops left to autograd)."""
+    """The recurrence with its delta preprocessing and ``D`` skip; the ``z`` gate is a cheap elementwise op left to
+    autograd."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C):
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
         lay = _Layout(u, A, B, C)
         rec = _Recurrence(lay, u.dtype, u.device)
-        dt = lay.channels(delta)
-        dtu = lay.channels(delta * u)
+        steps = _StepInputs(lay, u, delta, D, delta_bias, delta_softplus)
         A2 = lay.per_channel(A) * LOG2E
         Bm = lay.variable(B) if lay.B_var else lay.per_channel(B)
         Cm = lay.variable(C) if lay.C_var else lay.per_channel(C)
@@ -246,23 +273,28 @@ class _SelectiveScan(torch.autograd.Function):
         h = torch.zeros(lay.state_shape, dtype=u.dtype, device=u.device)
         for c in range(lay.chunks):
             starts[c].copy_(h)
+            u_c, dt_c, dtu_c = steps.chunk(c)
             Bc = lay.chunk(Bm, c).unsqueeze(-1) if lay.B_var else Bm
-            h = rec.states(lay.chunk(dt, c), lay.chunk(dtu, c), Bc, A2, h)
+            h = rec.states(dt_c, dtu_c, Bc, A2, h)
             if lay.C_var:
                 torch.matmul(lay.chunk(Cm, c).unsqueeze(-2), rec.hs[1:], out=y_chunk)
             else:
                 torch.sum(rec.hs[1:] * Cm, dim=-2, keepdim=True, out=y_chunk)
+            if steps.D is not None:
+                y_chunk.addcmul_(u_c, steps.D)
             lay.store(y, c, y_chunk)
-        ctx.save_for_backward(dt, dtu, u, delta, A, B, C, starts)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, starts)
+        ctx.delta_softplus = delta_softplus
         last_state = h.permute(0, 1, 3, 2).reshape(lay.batch, lay.dim, lay.dstate)
         ctx.mark_non_differentiable(last_state)
         return lay.channels_back(y), last_state
 
     @staticmethod
     def backward(ctx, grad_y, _grad_last_state):
-        dt, dtu, u, delta, A, B, C, starts = ctx.saved_tensors
+        u, delta, A, B, C, D, delta_bias, starts = ctx.saved_tensors
         lay = _Layout(u, A, B, C)
         rec = _Recurrence(lay, u.dtype, u.device)
+        steps = _StepInputs(lay, u, delta, D, delta_bias, ctx.delta_softplus)
         gy = lay.channels(grad_y.to(u.dtype))
         A_gnk = lay.per_channel(A)
         A2 = A_gnk * LOG2E
@@ -271,15 +303,17 @@ class _SelectiveScan(torch.autograd.Function):
 
         g = torch.empty_like(rec.dA)
         scratch = torch.empty_like(rec.dA)
-        d_dt, d_dtu = torch.empty_like(dt), torch.empty_like(dt)
+        d_u, d_delta = torch.empty_like(steps.u), torch.empty_like(steps.u)
         d_A = torch.zeros_like(A_gnk)
         d_B = torch.empty_like(Bm) if lay.B_var else torch.zeros_like(Bm)
         d_C = torch.empty_like(Cm) if lay.C_var else torch.zeros_like(Cm)
-        step_grad = torch.empty(lay.T, lay.P, lay.batch, lay.groups, 1, lay.K, dtype=u.dtype, device=u.device)
+        d_dt = torch.empty(lay.T, lay.P, lay.batch, lay.groups, 1, lay.K, dtype=u.dtype, device=u.device)
+        d_dtu = torch.empty_like(d_dt)
         bc_grad = torch.empty(lay.T, lay.P, lay.batch, lay.groups, lay.dstate, dtype=u.dtype, device=u.device)
         carry = torch.zeros(lay.state_shape, dtype=u.dtype, device=u.device)
         for c in range(lay.chunks - 1, -1, -1):
-            dt_c, dtu_c, gy_c = lay.chunk(dt, c), lay.chunk(dtu, c), lay.chunk(gy, c)
+            u_c, dt_c, dtu_c = steps.chunk(c)
+            gy_c = lay.chunk(gy, c)
             Bc = lay.chunk(Bm, c).unsqueeze(-1) if lay.B_var else Bm
             Cc = lay.chunk(Cm, c).unsqueeze(-1) if lay.C_var else Cm
             rec.states(dt_c, dtu_c, Bc, A2, starts[c])
@@ -294,24 +328,29 @@ class _SelectiveScan(torch.autograd.Function):
                 d_C += torch.mul(h_after, gy_c, out=scratch).sum(dim=(0, 1, 2))
             # h_t = dA_t h_{t-1} + (delta_t u_t) B_t
             if lay.B_var:
-                torch.matmul(Bc.transpose(-1, -2), g, out=step_grad)
-                lay.store(d_dtu, c, step_grad)
+                torch.matmul(Bc.transpose(-1, -2), g, out=d_dtu)
                 torch.matmul(g, dtu_c.transpose(-1, -2), out=bc_grad.unsqueeze(-1))
                 lay.store(d_B, c, bc_grad)
             else:
-                torch.sum(torch.mul(g, Bc, out=scratch), dim=-2, keepdim=True, out=step_grad)
-                lay.store(d_dtu, c, step_grad)
+                torch.sum(torch.mul(g, Bc, out=scratch), dim=-2, keepdim=True, out=d_dtu)
                 d_B += torch.mul(g, dtu_c, out=scratch).sum(dim=(0, 1, 2))
             # dA_t = exp(delta_t A): d/d(delta_t A) = g * h_{t-1} * dA_t
             q = g.mul_(h_before).mul_(rec.dA)
-            torch.sum(torch.mul(q, A_gnk, out=scratch), dim=-2, keepdim=True, out=step_grad)
-            lay.store(d_dt, c, step_grad)
+            torch.sum(torch.mul(q, A_gnk, out=scratch), dim=-2, keepdim=True, out=d_dt)
             d_A += torch.mul(q, dt_c, out=scratch).sum(dim=(0, 1, 2))
+            # dt enters through dA and dt * u; u through dt * u and the D skip
+            d_dt.addcmul_(d_dtu, u_c)
+            slope = steps.dt_slope(c)
+            lay.store(d_delta, c, d_dt if slope is None else d_dt.mul_(slope))
+            d_u_c = d_dtu.mul_(dt_c)
+            lay.store(d_u, c, d_u_c if steps.D is None else d_u_c.addcmul_(gy_c, steps.D))
 
-        d_dtu = lay.channels_back(d_dtu)
-        d_delta = lay.channels_back(d_dt) + d_dtu * u
-        d_u = d_dtu * delta
+        d_D = d_bias = None
+        if D is not None and ctx.needs_input_grad[5]:
+            d_D = (gy * steps.u).sum(dim=(0, 1)).view(lay.dim)
+        if delta_bias is not None and ctx.needs_input_grad[6]:
+            d_bias = d_delta.sum(dim=(0, 1)).view(lay.dim)
         d_A = lay.per_channel_back(d_A)
         d_B = lay.variable_back(d_B, B) if lay.B_var else lay.per_channel_back(d_B)
         d_C = lay.variable_back(d_C, C) if lay.C_var else lay.per_channel_back(d_C)
-        return d_u, d_delta, d_A, d_B, d_C
+        return lay.channels_back(d_u), lay.channels_back(d_delta), d_A, d_B, d_C, d_D, d_bias, None
