@@ -32,15 +32,16 @@ reported beside them):
 
 - ``smoke``: the CI check that the pipeline runs (seconds per training): 2 x 2 iterations, patch 128 x 128, batch 2,
   features / 16, tiny token networks (embedding 12), no mirroring. Its Dice values mean nothing.
-- ``cpu``: under an hour on 2 CPU cores for the three required methods together. nnU-Net's 2d plans with patch
-  128 x 128 (the 6 stages nnU-Net plans for it; the full plans have 256 x 224), batch 8, features / 4
-  (8 ... 128); 20 epochs x 25 iterations = 500 iterations, 5 validation iterations per epoch; WeakMamba's token
-  networks with embedding 24 and one block per level (``_cpu`` in scribble_schedules); no mirroring, neither as
-  augmentation nor at test time (test-time mirroring would quadruple the prediction time). Planned from step times
-  measured on 2 cores shared with other jobs: a training step takes 0.63 s (baseline and dense) and 2.6 s
-  (WeakMamba), so 500 x 3.8 s = 32 min of steps, plus about 4 min of validation and checkpointing; prediction of
-  one 2D slice takes 0.3 s with a CNN and 3.4 s for WeakMamba's ensemble and its three members together, 14 min for
-  the 210 val slices; conversion and preprocessing a few minutes: about 55 minutes in all.
+- ``cpu``: about an hour on 2 idle CPU cores for the three required methods together. nnU-Net's 2d plans with
+  patch 128 x 128 (the 6 stages nnU-Net plans for it; the full plans have 256 x 224), batch 8, features / 4
+  (8 ... 128); 40 epochs x 25 iterations = 1000 iterations, 5 validation iterations per epoch; WeakMamba's token
+  networks with embedding 24 and one block per level, its pseudo-label weight ramped up over the first half of the
+  epochs (``_cpu`` in scribble_schedules); no mirroring, neither as augmentation nor at test time (test-time
+  mirroring would quadruple the prediction time). Planned from step times on 2 idle cores: an epoch of 25 steps
+  and 5 validation steps takes about 7 s for the baseline and the dense bound and 35 s for WeakMamba (10 and 63 s
+  with ``OMP_WAIT_POLICY=PASSIVE``, which only pays on a machine shared with other jobs, where spinning OpenMP
+  threads slow small ops 10-100x); prediction of one 2D slice takes about 0.1 s with a CNN and about 1.5 s for
+  WeakMamba's ensemble and its three members together; conversion and preprocessing about 3 minutes.
 - ``paper``: nnU-Net's plans unchanged and the paper's 30k iterations (120 epochs x 250), full-size token networks,
   mirroring: for a GPU.
 
@@ -115,11 +116,16 @@ class Budget:
 
         return getattr(scribble_schedules, self.name.upper())
 
-    def token_networks(self) -> dict[str, dict]:
-        """WeakMamba's member options at this budget (also those of the ablation's single networks)."""
+    @property
+    def weak_mamba(self) -> type:
+        """WeakMamba's trainer at this budget."""
         from nnunetv2_mamba.training import scribble_schedules
 
-        return getattr(scribble_schedules, f"nnUNetTrainerWeakMamba_{self.name}").member_arch_kwargs
+        return getattr(scribble_schedules, f"nnUNetTrainerWeakMamba_{self.name}")
+
+    def token_networks(self) -> dict[str, dict]:
+        """WeakMamba's member options at this budget (also those of the ablation's single networks)."""
+        return self.weak_mamba.member_arch_kwargs
 
     def describe(self) -> str:
         s = self.schedule
@@ -131,7 +137,8 @@ class Budget:
                 f"{', '.join(e for e in edits if e) or 'unchanged'}; {s.epochs} epochs x {s.iterations_per_epoch} "
                 f"iterations = {s.epochs * s.iterations_per_epoch} iterations ({s.val_iterations_per_epoch} "
                 f"validation iterations per epoch), mirroring {'on' if s.mirroring else 'off'}; WeakMamba token "
-                f"networks {json.dumps(tokens) if tokens else 'at paper size'}")
+                f"networks {json.dumps(tokens) if tokens else 'at paper size'}, pseudo-label weight ramped up over "
+                f"{self.weak_mamba.pseudo_label_rampup:.0%} of the epochs")
 
 
 BUDGETS = {"smoke": Budget("smoke", (128, 128), 2, 16),
@@ -496,9 +503,6 @@ def main() -> None:
     if (args.test_images is None) != (args.test_labels is None):
         parser.error("--test-images and --test-labels go together")
 
-    # OpenMP threads that sleep instead of spinning while they wait (before torch starts its runtime): on a shared
-    # machine spinning threads slow small ops 10-100x, as tests/scribble_nnunet.py notes
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
     from common import format_table, machine_info, write_json
 
