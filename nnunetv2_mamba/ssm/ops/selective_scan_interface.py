@@ -19,6 +19,7 @@ else runs :class:`_SelectiveScan`, a pure-PyTorch recurrence with a hand-written
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +126,8 @@ class _Layout:
         start = c * self.T * self.P
         return start, min(self.length, start + self.T * self.P)
 
-    def chunk(self, x: torch.Tensor, c: int, transform=None) -> torch.Tensor:
+    def chunk(self, x: torch.Tensor, c: int,
+              transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Time-major (L, ...) -> chunk ``c`` as a (T, P, ...) view (a padded copy for the last chunk).
         ``transform`` maps the chunk's time-major slice before padding, so padded steps stay zero."""
         start, stop = self.span(c)
@@ -229,7 +231,7 @@ class _Recurrence:
 class _StepInputs:
     """The per-step inputs of a chunk, ``dt = softplus(delta + delta_bias)``, ``dt * u`` and ``u``, in the (T, P, ...)
     layout. They are formed chunk by chunk, while the chunk is in cache, and recomputed in the backward rather than
-    saved: passes over whole sequences cost more than the scan's own per-chunk work at VMamba's sizes."""
+    saved: no passes over whole sequences, and two sequence-sized tensors fewer kept for the backward."""
 
     def __init__(self, lay: _Layout, u: torch.Tensor, delta: torch.Tensor, D: torch.Tensor | None,
                  delta_bias: torch.Tensor | None, delta_softplus: bool):
