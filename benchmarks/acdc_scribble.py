@@ -32,16 +32,17 @@ reported beside them):
 
 - ``smoke``: the CI check that the pipeline runs (seconds per training): 2 x 2 iterations, patch 128 x 128, batch 2,
   features / 16, tiny token networks (embedding 12), no mirroring. Its Dice values mean nothing.
-- ``cpu``: about an hour on 2 idle CPU cores for the three required methods together. nnU-Net's 2d plans with
-  patch 128 x 128 (the 6 stages nnU-Net plans for it; the full plans have 256 x 224), batch 8, features / 4
-  (8 ... 128); 40 epochs x 25 iterations = 1000 iterations, 5 validation iterations per epoch; WeakMamba's token
+- ``cpu``: about 40 minutes on 2 idle CPU cores for the three required methods together. nnU-Net's 2d plans with
+  patch 128 x 128 (the 6 stages nnU-Net plans for it; the full plans have 256 x 224), batch 8, features / 2
+  (16 ... 256; at features / 4 stock nnU-Net on the dense labels predicted background only for 550 of its 1000
+  iterations); 40 epochs x 25 iterations = 1000 iterations, 5 validation iterations per epoch; WeakMamba's token
   networks with embedding 24 and one block per level, its pseudo-label weight ramped up over the first half of the
   epochs (``_cpu`` in scribble_schedules); no mirroring, neither as augmentation nor at test time (test-time
   mirroring would quadruple the prediction time). Planned from step times on 2 idle cores: an epoch of 25 steps
-  and 5 validation steps takes about 7 s for the baseline and the dense bound and 35 s for WeakMamba (10 and 63 s
-  with ``OMP_WAIT_POLICY=PASSIVE``, which only pays on a machine shared with other jobs, where spinning OpenMP
-  threads slow small ops 10-100x); prediction of one 2D slice takes about 0.1 s with a CNN and about 1.5 s for
-  WeakMamba's ensemble and its three members together; conversion and preprocessing about 3 minutes.
+  and 5 validation steps takes about 11 s for the baseline and the dense bound and 28 s for WeakMamba
+  (``OMP_WAIT_POLICY=PASSIVE`` slows them about 1.5-1.8x on an idle machine and only pays on one shared with other
+  jobs, where spinning OpenMP threads slow small ops 10-100x); prediction of one 2D slice takes about 0.2 s with a
+  CNN and 0.6 s with WeakMamba's ensemble; conversion and preprocessing under 2 minutes.
 - ``paper``: nnU-Net's plans unchanged and the paper's 30k iterations (120 epochs x 250), full-size token networks,
   mirroring: for a GPU.
 
@@ -142,7 +143,7 @@ class Budget:
 
 
 BUDGETS = {"smoke": Budget("smoke", (128, 128), 2, 16),
-           "cpu": Budget("cpu", (128, 128), 8, 4),
+           "cpu": Budget("cpu", (128, 128), 8, 2),
            "paper": Budget("paper")}
 
 
