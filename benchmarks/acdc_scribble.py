@@ -39,8 +39,8 @@ reported beside them):
   networks with embedding 24 and one block per level, its pseudo-label weight ramped up over the first half of the
   epochs (``_cpu`` in scribble_schedules); no mirroring, neither as augmentation nor at test time (test-time
   mirroring would quadruple the prediction time). Planned from step times on 2 idle cores: an epoch of 25 steps
-  and 5 validation steps takes about 11 s for the baseline and the dense bound and 28 s for WeakMamba
-  (``OMP_WAIT_POLICY=PASSIVE`` slows them about 1.5-1.8x on an idle machine and only pays on one shared with other
+  and 5 validation steps takes 10-11 s for the baseline and the dense bound and 28 s for WeakMamba
+  (``OMP_WAIT_POLICY=PASSIVE`` slows them about 1.4-1.8x on an idle machine and only pays on one shared with other
   jobs, where spinning OpenMP threads slow small ops 10-100x); prediction of one 2D slice takes about 0.2 s with a
   CNN and 0.6 s with WeakMamba's ensemble; conversion and preprocessing under 2 minutes.
 - ``paper``: nnU-Net's plans unchanged and the paper's 30k iterations (120 epochs x 250), full-size token networks,
