@@ -13,7 +13,8 @@ setup(
     packages=find_packages(include=["nnunetv2_mamba", "nnunetv2_mamba.*"]) + ["nnunetv2_mamba.plans_overrides"],
     # plans_overrides/<Arch>.json live at the repository root and are installed as nnunetv2_mamba.plans_overrides
     package_dir={"nnunetv2_mamba.plans_overrides": "plans_overrides"},
-    package_data={"nnunetv2_mamba.plans_overrides": ["*.json"]},
+    # the fused CPU selective scan is compiled from its source on first use (nnunetv2_mamba/ssm/ops/selective_scan_cpu.py)
+    package_data={"nnunetv2_mamba.plans_overrides": ["*.json"], "nnunetv2_mamba.ssm.ops": ["csrc/*.cpp"]},
     install_requires=[
         "nnunetv2>=2.8.1,<2.9",
         "dynamic-network-architectures>=0.4.3,<0.5",

@@ -5,12 +5,13 @@ Each entry of ``CASES`` is a :class:`benchmarks.common.Case` whose setup returns
 "forward_backward": fn}``; ratios in the table are against the case named in its ``reference`` kwarg.
 Networks are built as nnU-Net's trainer builds them (``get_network_from_plans`` on a plans ``architecture`` block,
 deep supervision on); forward+backward is one training step's network work (loss: mean squares of the outputs).
-On 2 CPU cores the 2d cases take about a minute each, the 3d ones several (SegMamba's about ten).
+On 2 CPU cores the 2d cases take under a minute each, the 3d ones one to two minutes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -54,10 +55,9 @@ UMAMBA_BOT = "nnunetv2_mamba.nets.umamba_bot.UMambaBot"
 SEGMAMBA = "nnunetv2_mamba.nets.segmamba.SegMamba"
 
 
-def setup_network(network: str, plans: str, batch: int, arch_keys: tuple[str, ...] | None = None,
-                  reference: str | None = None):
-    """``network`` (a class name, as in plans) built from ``PLANS[plans]``, keeping only ``arch_keys`` if given.
-    ``reference`` names the case the ratio columns compare against; the setup does not use it."""
+def build_network(network: str, plans: str, batch: int, arch_keys: tuple[str, ...] | None = None):
+    """``network`` (a class name, as in plans) built from ``PLANS[plans]``, keeping only ``arch_keys`` if given, and
+    a random input batch."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     architecture, patch = PLANS[plans]
@@ -65,8 +65,10 @@ def setup_network(network: str, plans: str, batch: int, arch_keys: tuple[str, ..
     if arch_keys is not None:
         kwargs = {key: kwargs[key] for key in arch_keys}
     net = get_network_from_plans(network, kwargs, architecture["_kw_requires_import"], 1, 4, deep_supervision=True)
-    x = torch.randn(batch, 1, *patch)
+    return net, torch.randn(batch, 1, *patch)
 
+
+def phases_of(net: torch.nn.Module, x: torch.Tensor) -> dict:
     def forward():
         with torch.no_grad():
             net(x)
@@ -78,6 +80,13 @@ def setup_network(network: str, plans: str, batch: int, arch_keys: tuple[str, ..
     return {"forward": forward, "forward_backward": forward_backward}
 
 
+def setup_network(network: str, plans: str, batch: int, arch_keys: tuple[str, ...] | None = None,
+                  reference: str | None = None):
+    """Forward and forward+backward of :func:`build_network`. ``reference`` names the case the ratio columns compare
+    against; the setup does not use it."""
+    return phases_of(*build_network(network, plans, batch, arch_keys))
+
+
 # MambaUNet / SwinUNet keep their paper configuration; the plans give them only the strides of their stages.
 PLANS["token_2d"] = ({"arch_kwargs": {"strides": [[1, 1], [4, 4], [2, 2], [2, 2], [2, 2]]}, "_kw_requires_import": []},
                      [224, 224])
@@ -85,17 +94,43 @@ MAMBA_UNET = "nnunetv2_mamba.nets.mamba_unet.MambaUNet"
 SWIN_UNET = "nnunetv2_mamba.nets.swin_unet.SwinUNet"
 
 
-def setup_token_unet(network: str, batch: int, reference_scan: bool = False, reference: str | None = None):
+def setup_token_unet(network: str, batch: int, scan: str = "default", reference: str | None = None):
     """A token U-Net at 224 x 224 (Mamba-UNet's and Swin-Unet's input size), built like :func:`setup_network`.
-    ``reference_scan`` puts the sequential ``selective_scan_ref`` into SS2D; forward only, as its per-step indexing
-    makes the backward quadratic in the sequence length."""
-    if reference_scan:
-        import nnunetv2_mamba.ssm.modules.ss2d as ss2d
+    ``scan``: "default" (the fused CPU kernel when it builds), "pytorch" (the pure-PyTorch scan) or "reference"
+    (the sequential ``selective_scan_ref``; forward only, as its per-step indexing makes the backward quadratic in the
+    sequence length). For MambaUNet, the phase "scans" replays the selective scans of one forward, with their
+    arguments: the scans' share of the forward, comparable across scan implementations."""
+    import nnunetv2_mamba.ssm.modules.ss2d as ss2d
+
+    if scan == "pytorch":
+        from nnunetv2_mamba.ssm.ops.selective_scan_cpu import CPU_KERNEL_ENV
+
+        os.environ[CPU_KERNEL_ENV] = "0"  # each case runs in its own process
+    elif scan == "reference":
         from nnunetv2_mamba.ssm.ops.reference import selective_scan_ref
 
         ss2d.selective_scan = selective_scan_ref
-    phases = setup_network(network, "token_2d", batch, reference=reference)
-    return {"forward": phases["forward"]} if reference_scan else phases
+    net, x = build_network(network, "token_2d", batch)
+    phases = phases_of(net, x)
+    if scan == "reference":
+        del phases["forward_backward"]
+    scan_fn, calls = ss2d.selective_scan, []
+
+    def recording(*args, **kwargs):
+        calls.append((args, kwargs))
+        return scan_fn(*args, **kwargs)
+
+    ss2d.selective_scan = recording
+    phases["forward"]()
+    ss2d.selective_scan = scan_fn
+    if calls:
+        def scans():
+            with torch.no_grad():
+                for args, kwargs in calls:
+                    scan_fn(*args, **kwargs)
+
+        phases["scans"] = scans
+    return phases
 
 
 MAMBA_UNET_REFERENCE = "MambaUNet 2d 224 b1 reference scan"
@@ -110,17 +145,18 @@ CASES: list[Case] = [
          dict(network=UMAMBA_BOT2, plans="iso_3d", batch=1, reference="ResidualEncoderUNet 3d")),
     Case("SegMamba 3d", setup_network,
          dict(network=SEGMAMBA, plans="iso_3d", batch=1, arch_keys=TOPOLOGY, reference="ResidualEncoderUNet 3d"),
-         reps=1, warmup=0),  # minutes per pass on CPU: its first stage scans 32 x 64 x 64 voxels
+         reps=1, warmup=0),  # half a minute per forward+backward on 2 cores: its first stage scans 32 x 64 x 64 voxels
     Case("MambaUNet 2d 224 b1", setup_token_unet, dict(network=MAMBA_UNET, batch=1, reference=MAMBA_UNET_REFERENCE)),
-    Case("MambaUNet 2d 224 b8", setup_token_unet, dict(network=MAMBA_UNET, batch=8),
-         reps=1, warmup=0),  # minutes per pass on 2 cores
+    Case("MambaUNet 2d 224 b1 pure-PyTorch scan", setup_token_unet,
+         dict(network=MAMBA_UNET, batch=1, scan="pytorch", reference=MAMBA_UNET_REFERENCE)),
+    Case("MambaUNet 2d 224 b8", setup_token_unet, dict(network=MAMBA_UNET, batch=8)),
     Case("SwinUNet 2d 224 b1", setup_token_unet, dict(network=SWIN_UNET, batch=1)),
     Case("SwinUNet 2d 224 b8", setup_token_unet, dict(network=SWIN_UNET, batch=8)),
-    Case(MAMBA_UNET_REFERENCE, setup_token_unet, dict(network=MAMBA_UNET, batch=1, reference_scan=True),
-         reps=1, warmup=0),  # minutes: the sequential scan walks 3136 steps in each stage-0 block
+    Case(MAMBA_UNET_REFERENCE, setup_token_unet, dict(network=MAMBA_UNET, batch=1, scan="reference"),
+         reps=1, warmup=0),  # seconds per pass: the sequential scan walks 3136 steps in each stage-0 block
 ]
 
-MEASURES = ("forward_s", "forward_backward_s", "peak_mb")
+MEASURES = ("forward_s", "forward_backward_s", "scans_s", "peak_mb")
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -159,7 +195,8 @@ def main() -> None:
         rows.append(run_case(case, threads=args.threads))
     add_ratios(rows)
     print(format_table(rows, ["case", "forward_s", "forward_s_per_image", "forward_s_x", "forward_backward_s",
-                              "forward_backward_s_x", "peak_mb", "peak_mb_x", "load_before", "error"]))
+                              "forward_backward_s_x", "scans_s", "scans_s_x", "peak_mb", "peak_mb_x", "load_before",
+                              "error"]))
     print("written to", write_json("nets_speed", {"machine": machine_info(args.threads), "rows": rows}))
 
 

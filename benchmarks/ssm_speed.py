@@ -1,7 +1,8 @@
-"""Speed and memory of the pure-PyTorch SSM ops against the sequential reference and third-party pure-PyTorch code.
+"""Speed and memory of our CPU SSM ops against the sequential reference and third-party pure-PyTorch code.
 
 Mamba1 selective scan (batch 2, d_inner 640, N 16): sequential reference (L = 512 only: its autograd backward is
-quadratic in L), mambapy's parallel scan, ours. Mamba2 SSD (d_model 320, expand 2 -> 10 heads of 64, d_state 128,
+quadratic in L), mambapy's parallel scan, our pure-PyTorch scan ("pytorch") and ours as it runs by default ("ours":
+the fused C++ CPU kernel when it builds). Mamba2 SSD (d_model 320, expand 2 -> 10 heads of 64, d_state 128,
 batch 2): sequential reference (L = 512), mamba-ssm's ``ssd_minimal_discrete`` (chunk 64), ours. mambapy's Mamba2
 calls mamba-ssm's Triton kernels, so it has no CPU path to measure. Every implementation computes the same function
 (softplus of dt + bias, D skip; z gate for Mamba1) and is timed forward and forward+backward, each case in its own
@@ -11,6 +12,7 @@ process (peak RSS above its inputs). Usage: ``python benchmarks/ssm_speed.py [--
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -47,6 +49,10 @@ def setup_mamba1(impl: str, length: int):
               torch.randn(b, n, length), torch.randn(b, n, length), torch.ones(d), torch.randn(b, d, length),
               torch.randn(d) * 0.1]
     inputs = [t.requires_grad_() for t in inputs]
+    if impl == "pytorch":
+        from nnunetv2_mamba.ssm.ops.selective_scan_cpu import CPU_KERNEL_ENV
+
+        os.environ[CPU_KERNEL_ENV] = "0"  # each case runs in its own process
     if impl == "mambapy":
         from baselines import mambapy_selective_scan
         core = mambapy_selective_scan()
@@ -54,7 +60,7 @@ def setup_mamba1(impl: str, length: int):
         def forward(u, delta, A, B, C, D, z, bias):
             return (core(u, F.softplus(delta + bias[:, None]), A, B, C) + u * D[:, None]) * F.silu(z)
     else:
-        scan = selective_scan if impl == "ours" else selective_scan_ref
+        scan = selective_scan_ref if impl == "reference" else selective_scan
 
         def forward(u, delta, A, B, C, D, z, bias):
             return scan(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True)
@@ -96,7 +102,7 @@ def main() -> None:
 
     cases = []
     for length in args.lengths:
-        for impl in ("reference", "mambapy", "ours"):
+        for impl in ("reference", "mambapy", "pytorch", "ours"):
             if impl not in args.skip and (impl != "reference" or length <= 512):
                 cases.append(Case("mamba1", setup_mamba1, dict(impl=impl, length=length),
                                   reps=1 if impl == "reference" else args.reps))
@@ -123,6 +129,8 @@ def main() -> None:
                                                         (case, baseline, length)),
                 f"peak_memory_{baseline}_over_ours": ratio(rows, "peak_mb", (case, "ours", length),
                                                            (case, baseline, length)),
+                **({"fwd_bwd_speedup_vs_pytorch": ratio(rows, "forward_backward_s", (case, "ours", length),
+                                                        (case, "pytorch", length))} if case == "mamba1" else {}),
             })
     print()
     print(format_table(summary, list(dict.fromkeys(k for s in summary for k in s))))

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 from nnunetv2_mamba.ssm.modules.mamba import inverse_softplus
 from nnunetv2_mamba.ssm.ops import backend, causal_conv1d, selective_scan, ssd
+from nnunetv2_mamba.ssm.ops import selective_scan_cpu
 from nnunetv2_mamba.ssm.ops import selective_scan_interface as ssi
 from nnunetv2_mamba.ssm.ops import ssd_chunked
 from nnunetv2_mamba.ssm.ops.reference import causal_conv1d_ref, selective_scan_ref, ssd_ref
+from scan_paths import use_scan
 
 F64 = torch.float64
 
@@ -44,20 +46,23 @@ def scan_inputs(batch, dim, length, dstate, b_mode, c_mode, dtype=F64, extras=Tr
     return {k: v.requires_grad_() for k, v in inputs.items()}
 
 
-@pytest.fixture(params=["one-chunk", "chunks", "sub-chunks"])
-def scan_chunking(request, monkeypatch):
-    """Exercise one chunk, many chunks of T steps, and P > 1 sub-chunks scanned side by side."""
-    step_elements, chunk_elements = {"one-chunk": (1, 1 << 30), "chunks": (1, 40), "sub-chunks": (10 ** 6, 1000)}[
-        request.param]
-    monkeypatch.setattr(ssi, "_STEP_ELEMENTS", step_elements)
-    monkeypatch.setattr(ssi, "_CHUNK_ELEMENTS", chunk_elements)
+@pytest.fixture(params=["one-chunk", "chunks", "sub-chunks", "fused"])
+def scan_path(request, monkeypatch):
+    """The pure-PyTorch scan with one chunk, many chunks of T steps, and P > 1 sub-chunks scanned side by side; and
+    the fused CPU kernel."""
+    use_scan("fused" if request.param == "fused" else "pytorch", monkeypatch)
+    if request.param != "fused":
+        step_elements, chunk_elements = {"one-chunk": (1, 1 << 30), "chunks": (1, 40),
+                                         "sub-chunks": (10 ** 6, 1000)}[request.param]
+        monkeypatch.setattr(ssi, "_STEP_ELEMENTS", step_elements)
+        monkeypatch.setattr(ssi, "_CHUNK_ELEMENTS", chunk_elements)
     return request.param
 
 
 @pytest.mark.parametrize("b_mode,c_mode", [("const", "const"), ("3d", "3d"), (2, 2), ("const", 4), (4, "const"),
                                            ("3d", "const")])
 @pytest.mark.parametrize("length", [1, 37, 130])
-def test_selective_scan_matches_reference_float64(scan_chunking, b_mode, c_mode, length):
+def test_selective_scan_matches_reference_float64(scan_path, b_mode, c_mode, length):
     inputs = scan_inputs(2, 8, length, 5, b_mode, c_mode)
     kwargs = dict(delta_softplus=True, return_last_state=True)
     y, last = selective_scan(**inputs, **kwargs)
@@ -71,23 +76,27 @@ def test_selective_scan_matches_reference_float64(scan_chunking, b_mode, c_mode,
 
 
 @pytest.mark.parametrize("extras,softplus", [(False, False), (True, False), (False, True)])
-def test_selective_scan_optional_arguments(extras, softplus):
+def test_selective_scan_optional_arguments(scan_impl, extras, softplus):
     inputs = scan_inputs(1, 6, 29, 3, "3d", "3d", extras=extras)
     y = selective_scan(**inputs, delta_softplus=softplus)
     y_ref = selective_scan_ref(**inputs, delta_softplus=softplus)
     assert rel_err(y, y_ref) < 1e-12
+    weight = torch.randn_like(y)
+    for g, g_ref in zip(grads(y, inputs.values(), weight), grads(y_ref, inputs.values(), weight)):
+        assert rel_err(g, g_ref) < 1e-10
 
 
-def test_selective_scan_gradcheck(monkeypatch):
+def test_selective_scan_gradcheck(scan_impl, monkeypatch):
     monkeypatch.setattr(ssi, "_CHUNK_ELEMENTS", 30)  # several chunks even for these tiny shapes
     inputs = scan_inputs(1, 4, 11, 2, 2, 2, extras=False)
     fn = lambda u, delta, A, B, C: selective_scan(u, delta, A, B, C, delta_softplus=True)  # noqa: E731
     assert torch.autograd.gradcheck(fn, tuple(inputs.values()))
 
 
-def test_selective_scan_float32_accuracy():
-    """Relative error <= 1e-5 against float64 for values and every gradient, long enough for many chunks."""
-    inputs64 = scan_inputs(2, 64, 1500, 16, "3d", "3d")
+def test_selective_scan_float32_accuracy(scan_impl):
+    """Relative error <= 1e-5 against float64 for values and every gradient, long enough for many chunks (and, in
+    the fused kernel, full and partial lane blocks: 40 channels in 2 groups)."""
+    inputs64 = scan_inputs(2, 40, 1500, 16, 2, 2)
     inputs32 = {k: v.detach().float().requires_grad_() for k, v in inputs64.items()}
     y = selective_scan(**inputs32, delta_softplus=True)
     y_ref = selective_scan_ref(**inputs64, delta_softplus=True)
@@ -267,15 +276,58 @@ def test_broken_kernel_package_falls_back_with_reason(monkeypatch):
         backend._load.cache_clear()
 
 
-def test_backend_choice_is_logged_once(caplog, monkeypatch):
+def test_backend_choice_is_logged_once(scan_impl, caplog, monkeypatch):
     monkeypatch.setattr(backend, "_logged", set())
     inputs = {k: v.detach() for k, v in scan_inputs(1, 4, 6, 2, "3d", "3d", extras=False).items()}
     with caplog.at_level("INFO", logger="nnunetv2_mamba.ssm"):
         selective_scan(**inputs)
         selective_scan(**inputs)
     messages = [r.getMessage() for r in caplog.records if "selective_scan uses" in r.getMessage()]
-    assert messages == ["nnunetv2_mamba: selective_scan uses the pure-pytorch backend (tensors are not on a CUDA "
-                        "device)"]
+    expected = {"pytorch": "pure-pytorch backend (tensors are not on a CUDA device)",
+                "fused": "fused-cpu backend (CPU tensors)"}[scan_impl]
+    assert messages == [f"nnunetv2_mamba: selective_scan uses the {expected}"]
+
+
+def test_fused_scan_takes_time_major_rows_without_copies(scan_impl):
+    """SS2D hands the scan (batch, dim, L) views of time-major (L, batch, dim) rows; the fused kernel reads them in
+    place and returns y in the same layout, and both paths agree with the reference."""
+    batch, dim, length, dstate = 3, 24, 70, 4
+    rows = torch.randn(length, batch, dim, dtype=F64)
+    u = rows.permute(1, 2, 0).requires_grad_()
+    delta = (0.3 * torch.randn(length, batch, dim, dtype=F64)).permute(1, 2, 0)
+    A = -torch.rand(dim, dstate, dtype=F64) - 0.1
+    B, C = torch.randn(batch, 3, dstate, length, dtype=F64), torch.randn(batch, 3, dstate, length, dtype=F64)
+    y = selective_scan(u, delta, A, B, C, delta_softplus=True)
+    y_ref = selective_scan_ref(u, delta, A, B, C, delta_softplus=True)
+    assert rel_err(y, y_ref) < 1e-12
+    if scan_impl == "fused":
+        assert y.permute(2, 0, 1).is_contiguous()  # the consumer's reshape back to rows is a view
+    weight = torch.randn_like(y_ref)
+    (g,), (g_ref,) = grads(y, [u], weight), grads(y_ref, [u], weight)
+    assert rel_err(g, g_ref) < 1e-10
+
+
+def test_fused_scan_build_failure_falls_back_with_a_warning(monkeypatch):
+    import torch.utils.cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension\nc++: command not found")
+
+    monkeypatch.delenv(selective_scan_cpu.CPU_KERNEL_ENV, raising=False)
+    monkeypatch.delenv(backend.FORCE_PURE_ENV, raising=False)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    selective_scan_cpu._build.cache_clear()
+    try:
+        inputs = {k: v.detach() for k, v in scan_inputs(1, 4, 9, 2, "3d", "3d", extras=False).items()}
+        with pytest.warns(UserWarning, match="c\\+\\+: command not found.*pure-PyTorch"):
+            y = selective_scan(**inputs)
+        assert rel_err(y, selective_scan_ref(**inputs)) < 1e-12
+        assert selective_scan_cpu.kernel() is None
+        assert selective_scan_cpu.status() == "pure-pytorch (RuntimeError: c++: command not found)"
+        monkeypatch.setenv(selective_scan_cpu.CPU_KERNEL_ENV, "0")
+        assert selective_scan_cpu.status() == f"pure-pytorch ({selective_scan_cpu.CPU_KERNEL_ENV} is off)"
+    finally:
+        selective_scan_cpu._build.cache_clear()
 
 
 def test_cuda_kernels_get_mamba_ssm_calling_convention(monkeypatch):
@@ -294,9 +346,39 @@ def test_cuda_kernels_get_mamba_ssm_calling_convention(monkeypatch):
     pure = (selective_scan(**scan, delta_softplus=True, return_last_state=True),
             ssd(**ssd_in, chunk_size=8, dt_softplus=True, return_final_states=True),
             causal_conv1d(*conv, activation="silu"))
-    monkeypatch.setattr(backend, "cuda_kernel", lambda op, *tensors: kernels[op])
+    consulted = []
+    monkeypatch.setattr(backend, "cuda_kernel", lambda op, *tensors: consulted.append(op) or kernels[op])
+    monkeypatch.setenv(selective_scan_cpu.CPU_KERNEL_ENV, "0")  # CPU tensors would otherwise get the fused scan
     dispatched = (selective_scan(**scan, delta_softplus=True, return_last_state=True),
                   ssd(**ssd_in, chunk_size=8, dt_softplus=True, return_final_states=True),
                   causal_conv1d(*conv, activation="silu"))
+    assert consulted == ["selective_scan", "ssd", "causal_conv1d"]
     for a, b in zip((*pure[0], *pure[1], pure[2]), (*dispatched[0], *dispatched[1], dispatched[2])):
         assert rel_err(a, b) < 1e-6  # A, D and delta_bias reach selective_scan_fn in float32, as it requires
+
+
+def test_fused_scan_build_clears_a_stale_lock(tmp_path, monkeypatch):
+    """A build killed half-way leaves torch's lock file, and torch would wait for it forever: an old one is removed,
+    a fresh one (another process building right now) is left alone."""
+    import os
+    import time
+
+    import torch.utils.cpp_extension
+
+    seen = []
+    monkeypatch.setattr(torch.utils.cpp_extension, "load",
+                        lambda name, build_directory, **kw: seen.append((name, os.listdir(build_directory))) or object())
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.delenv(selective_scan_cpu.CPU_KERNEL_ENV, raising=False)
+    monkeypatch.delenv(backend.FORCE_PURE_ENV, raising=False)
+    lock = selective_scan_cpu.build_directory() / "lock"
+    lock.parent.mkdir(parents=True)
+    try:
+        for age, kept in ((2 * selective_scan_cpu._STALE_LOCK_S, False), (5, True)):
+            lock.touch()
+            os.utime(lock, (time.time() - age, time.time() - age))
+            selective_scan_cpu._build.cache_clear()
+            assert selective_scan_cpu.status().startswith("fused C++ kernel (nnunetv2_mamba_selective_scan_")
+            assert seen[-1] == (selective_scan_cpu.build_name(), ["lock"] if kept else [])
+    finally:
+        selective_scan_cpu._build.cache_clear()

@@ -112,6 +112,7 @@ def check_backend() -> list[Check]:
     """torch, CUDA and which SSM implementation CUDA tensors get."""
     import torch
 
+    from nnunetv2_mamba.ssm.ops import selective_scan_cpu
     from nnunetv2_mamba.ssm.ops.backend import backend_report
 
     checks = [Check("ok", "torch", f"{torch.__version__} ({torch.get_num_threads()} CPU threads)")]
@@ -120,10 +121,14 @@ def check_backend() -> list[Check]:
     else:
         checks.append(Check("warn", "CUDA", "not available: training runs on the CPU (nnUNetv2_train ... -device "
                                             "cpu), fine for the demo, slow for real data"))
+    cpu_scan = selective_scan_cpu.status()
+    checks.append(Check("ok" if cpu_scan.startswith("fused") else "warn", "ssm selective_scan (CPU)", cpu_scan,
+                        "" if cpu_scan.startswith("fused") else "optional, several times faster on CPU: a C++ "
+                                                                 "compiler with OpenMP (g++), see documentation/ssm.md"))
     report = backend_report()
     for op, backend in report.items():
         status = "ok" if backend.startswith("cuda-kernel") or not torch.cuda.is_available() else "warn"
-        checks.append(Check(status, f"ssm {op}", backend,
+        checks.append(Check(status, f"ssm {op} (CUDA)", backend,
                             "" if status == "ok" else "optional, faster on GPU: pip install -e '.[cuda]' "
                                                       "--no-build-isolation (see documentation/ssm.md)"))
     return checks

@@ -55,12 +55,18 @@ def cuda_kernel(op: str, *tensors: torch.Tensor | None) -> Callable | None:
     fn = None
     if on_cuda and not force_pure():
         fn = _load(op)[0]
-    name = "cuda-kernel" if fn is not None else "pure-pytorch"
+    if fn is not None:
+        log_once(op, "cuda-kernel")
+    else:
+        log_once(op, "pure-pytorch", _pure_reason(op, on_cuda))
+    return fn
+
+
+def log_once(op: str, name: str, reason: str = "") -> None:
+    """Log, once per process, which implementation ``op`` runs."""
     if (op, name) not in _logged:
         _logged.add((op, name))
-        reason = "" if fn is not None else f" ({_pure_reason(op, on_cuda)})"
-        logger.info("nnunetv2_mamba: %s uses the %s backend%s", op, name, reason)
-    return fn
+        logger.info("nnunetv2_mamba: %s uses the %s backend%s", op, name, f" ({reason})" if reason else "")
 
 
 def _pure_reason(op: str, on_cuda: bool) -> str:

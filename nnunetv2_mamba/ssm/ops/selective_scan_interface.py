@@ -1,7 +1,8 @@
 """Mamba1 selective scan: ``mamba_ssm``'s ``selective_scan_fn`` semantics, on any device.
 
-CUDA tensors go to the ``mamba-ssm`` kernel when it is installed (see :mod:`nnunetv2_mamba.ssm.backend`). Everything
-else runs :class:`_SelectiveScan`, a pure-PyTorch recurrence with a hand-written backward, built for CPUs:
+CUDA tensors go to the ``mamba-ssm`` kernel when it is installed (see :mod:`nnunetv2_mamba.ssm.backend`), CPU tensors
+to our fused C++ kernel when it builds (:mod:`nnunetv2_mamba.ssm.ops.selective_scan_cpu`). Everything else runs
+:class:`_SelectiveScan`, a pure-PyTorch recurrence with a hand-written backward, built for CPUs:
 
 * The state is kept in a (batch, groups, N, K) layout (channel ``d = g * K + k``) so the innermost dimension is the
   channel one: every elementwise op vectorises and ``y_t = C_t h_t`` is one batched matrix product.
@@ -24,7 +25,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_mamba.ssm.ops import backend
+from nnunetv2_mamba.ssm.ops import backend, selective_scan_cpu
 from nnunetv2_mamba.ssm.ops.precision import compute_dtype, float32_scan, to_float32
 
 LOG2E = 1.0 / math.log(2.0)
@@ -52,11 +53,15 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     with float32_scan(u.device.type) as autocast_on:
         if autocast_on:
             u, delta, B, C, z = to_float32(u, delta, B, C, z)
-        kernel = backend.cuda_kernel("selective_scan", u, delta, A, B, C, D, z, delta_bias)
-        if kernel is not None:
-            return kernel(u, delta, A.float(), B, C, None if D is None else D.float(), z,
-                          None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state)
-        return _selective_scan_pure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        if u.device.type == "cpu" and selective_scan_cpu.kernel() is not None:
+            scan = selective_scan_cpu.FusedSelectiveScan
+        else:
+            kernel = backend.cuda_kernel("selective_scan", u, delta, A, B, C, D, z, delta_bias)
+            if kernel is not None:
+                return kernel(u, delta, A.float(), B, C, None if D is None else D.float(), z,
+                              None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state)
+            scan = _SelectiveScan
+        return _run(scan, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
@@ -86,13 +91,15 @@ def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
             raise ValueError(f"{name} must have shape {shape}; got {tuple(t.shape)}")
 
 
-def _selective_scan_pure(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+def _run(scan: type[torch.autograd.Function], u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+         return_last_state):
+    """``scan`` (the fused CPU kernel or :class:`_SelectiveScan`) in the compute dtype, then the ``z`` gate."""
     dtype_in = u.dtype
     ct = compute_dtype(u)
     u_c, delta_c, A_c, B_c, C_c = (t.to(ct) for t in (u, delta, A, B, C))
     D_c = None if D is None else D.to(ct)
     bias_c = None if delta_bias is None else delta_bias.to(ct)
-    y, last_state = _SelectiveScan.apply(u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, delta_softplus)
+    y, last_state = scan.apply(u_c, delta_c, A_c, B_c, C_c, D_c, bias_c, delta_softplus)
     if z is not None:
         y = y * F.silu(z.to(ct))
     y = y.to(dtype_in)
