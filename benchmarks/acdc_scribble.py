@@ -36,10 +36,11 @@ reported beside them):
   patch 128 x 128 (the 6 stages nnU-Net plans for it; the full plans have 256 x 224), batch 8, features / 2
   (16 ... 256; at features / 4 stock nnU-Net on the dense labels predicted background only for 550 of its 1000
   iterations); 40 epochs x 25 iterations = 1000 iterations, 5 validation iterations per epoch; WeakMamba's token
-  networks with embedding 24 and one block per level, its pseudo-label weight ramped up over the first half of the
+  networks with embedding 48 and one block per level, its pseudo-label weight ramped up over the first half of the
   epochs (``_cpu`` in scribble_schedules); no mirroring, neither as augmentation nor at test time (test-time
   mirroring would quadruple the prediction time). Planned from step times on 2 idle cores: an epoch of 25 steps
-  and 5 validation steps takes 10-11 s for the baseline and the dense bound and 28 s for WeakMamba
+  and 5 validation steps takes 10-11 s for the baseline and the dense bound and 28-30 s for WeakMamba (its token
+  networks run the fused CPU scan)
   (``OMP_WAIT_POLICY=PASSIVE`` slows them about 1.4-1.8x on an idle machine and only pays on one shared with other
   jobs, where spinning OpenMP threads slow small ops 10-100x); prediction of one 2D slice takes about 0.2 s with a
   CNN and 0.6 s with WeakMamba's ensemble; conversion and preprocessing under 2 minutes.

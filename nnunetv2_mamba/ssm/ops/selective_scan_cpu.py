@@ -54,6 +54,7 @@ def build_name() -> str:
 
 
 def build_directory() -> Path:
+    """Where the extension is built and cached (torch's default root, one folder per Python version)."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
     return Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}" / build_name()
 
