@@ -27,6 +27,7 @@ setup(
         "SimpleITK>=2.3,<3",
         "matplotlib>=3.8,<4",
         "tqdm>=4.66,<5",
+        "ninja>=1.11,<2",  # torch's JIT extension builder, for the fused CPU selective scan
     ],
     extras_require={
         # CUDA kernels; build them as their README says (--no-build-isolation). Optional: the pure path always works.
