@@ -109,7 +109,7 @@ def check_networks() -> list[Check]:
 
 
 def check_backend() -> list[Check]:
-    """torch, CUDA and which SSM implementation CUDA tensors get."""
+    """torch, CUDA, and which SSM implementation CPU and CUDA tensors get."""
     import torch
 
     from nnunetv2_mamba.ssm.ops import selective_scan_cpu

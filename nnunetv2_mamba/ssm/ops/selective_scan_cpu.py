@@ -152,13 +152,9 @@ class FusedSelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, _grad_last_state):
         u_t, delta_t, A, B, C, D, delta_bias, starts = ctx.saved_tensors
-        batch, _, dim = u_t.shape
-        groups = max(M.shape[1] if M.dim() == 4 else 1 for M in (B, C))
-        # enough (batch, group, channel range) tasks for every thread; each adds its own dB / dC partial rows
-        ranges = max(1, min(-(-dim // groups // 16), -(-4 * torch.get_num_threads() // (batch * groups))))
         d_u, d_delta, d_A, d_B, d_C, d_D, d_bias = kernel().backward(
             u_t, delta_t, A.t().contiguous(), _rows(B), _rows(C), _optional(D, u_t), _optional(delta_bias, u_t),
-            ctx.delta_softplus, starts, _lanes(grad_y.to(u_t.dtype)), ranges)
+            ctx.delta_softplus, starts, _lanes(grad_y.to(u_t.dtype)))
         return (d_u.transpose(1, 2), d_delta.transpose(1, 2), d_A.sum(0).t(), _rows_back(d_B, B),
                 _rows_back(d_C, C), None if D is None else d_D.sum(0), None if delta_bias is None else d_bias.sum(0),
                 None)

@@ -145,8 +145,9 @@ struct Block {
     }
   }
 
-  // One step: h <- exp(dt A) h + dt u B and y = C h + D u (lanes); with KEEP, the decays exp(dt A) go to dA.
-  template <bool KEEP>
+  // One step: h <- exp(dt A) h + dt u B, then either y = C h + D u (the forward) or, with RECOMPUTE (the
+  // backward, which needs the states and decays but not y), the decays exp(dt A) into dA.
+  template <bool RECOMPUTE>
   inline void step(int64_t t, T* __restrict__ h, T* __restrict__ y, T* __restrict__ dA) const {
     alignas(64) T u[W], x[W], dt[W], du[W];
     step_dt(t, u, x, dt);
@@ -154,7 +155,7 @@ struct Block {
 #pragma omp simd
     for (int64_t w = 0; w < W; ++w) {
       du[w] = dt[w] * u[w];
-      y[w] = dd[w] * u[w];
+      if (!RECOMPUTE) y[w] = dd[w] * u[w];
     }
     const T* bt = BV ? var_row(s.B, t) : nullptr;
     const T* ct = CV ? var_row(s.C, t) : nullptr;
@@ -164,13 +165,16 @@ struct Block {
       const T* __restrict__ ck = CV ? nullptr : Cc.data() + k * W;
       const T bs = BV ? bt[k] : T(0), cs = CV ? ct[k] : T(0);
       T* __restrict__ hk = h + k * W;
-      T* __restrict__ dAk = dA + k * W;
+      T* __restrict__ dAk = RECOMPUTE ? dA + k * W : nullptr;
 #pragma omp simd
       for (int64_t w = 0; w < W; ++w) {
         const T decay = exp2_lanes(dt[w] * a2[w]);
         hk[w] = decay * hk[w] + du[w] * (BV ? bs : bk[w]);
-        y[w] += (CV ? cs : ck[w]) * hk[w];
-        if (KEEP) dAk[w] = decay;
+        if (RECOMPUTE) {
+          dAk[w] = decay;
+        } else {
+          y[w] += (CV ? cs : ck[w]) * hk[w];
+        }
       }
     }
   }
@@ -227,7 +231,7 @@ void backward_impl(const Scan<T>& s, const T* ckpt, const Seq<T>& grad_y, int64_
           for (int64_t t = t0; t < t1; ++t) {
             T* h = hs.data() + (t - t0 + 1) * NW;
             std::copy(h - NW, h, h);
-            blk.template step<true>(t, h, y, dAs.data() + (t - t0) * NW);
+            blk.template step<true>(t, h, nullptr, dAs.data() + (t - t0) * NW);
           }
           for (int64_t t = t1 - 1; t >= t0; --t) {
             blk.step_dt(t, u, x, dt);
@@ -327,8 +331,12 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
 std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                  const at::Tensor& bias, bool softplus, const at::Tensor& ckpt,
-                                 const at::Tensor& grad_y, int64_t ranges) {
+                                 const at::Tensor& grad_y) {
   const int64_t batch = u.size(0), L = u.size(1), dim = u.size(2), N = A.size(0);
+  const int64_t groups = B.dim() == 4 ? B.size(1) : (C.dim() == 4 ? C.size(1) : 1), K = dim / groups;
+  // enough (batch, group, channel range) tasks for every thread, each adding its own dB / dC partial rows
+  const int64_t ranges = std::max<int64_t>(
+      1, std::min((K + 15) / 16, (4 * at::get_num_threads() + batch * groups - 1) / (batch * groups)));
   const auto rows_of = [&](const at::Tensor& M) {
     return M.dim() == 2 ? at::empty({batch, N, dim}, u.options())
                         : at::zeros({batch, M.size(1), ranges, L, N}, u.options());
