@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
+from scipy import ndimage
 
 from nnunetv2_mamba.data.convert_h5 import convert_h5
 
@@ -40,6 +43,18 @@ def own_test_slices(acdc_dir: Path, folder: Path) -> tuple[Path, Path]:
     return images, labels
 
 
+def largest_components(segmentation: np.ndarray) -> np.ndarray:
+    """What nnU-Net's largest-component post-processing keeps of each class: its 8-connected components of the
+    largest size (all of them where several share it); the rest becomes background."""
+    result = np.zeros_like(segmentation)
+    for c in (1, 2, 3):
+        components, count = ndimage.label(segmentation == c, np.ones((3,) * segmentation.ndim))
+        if count:
+            sizes = np.bincount(components.ravel())[1:]
+            result[np.isin(components, 1 + np.flatnonzero(sizes == sizes.max()))] = c
+    return result
+
+
 def run_benchmark(arguments: list[str]) -> str:
     result = subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
@@ -60,12 +75,18 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
     assert all(name in table.read_text() for name in METHODS)
     assert results["test"]["cases"] == 4
     for row in results["results"]:
-        for key in ("RV", "MYO", "LV", "mean Dice"):
+        for key in ("RV", "MYO", "LV", "mean Dice", "mean Dice, LCC"):
             assert 0 <= row[key] <= 1, (row["method"], key, row[key])
         assert row["iterations"] == 4 and row["train s"] is not None
     assert set(results["curves"]) == {"nnU-Net (scribbles)", "WeakMamba", "nnU-Net (dense, upper bound)",
                                       "MambaUNet alone (scribbles)", "SwinUNet alone (scribbles)"}
     assert len(results["curves"]["WeakMamba"]["mean_fg_dice_mamba"]) == 2  # one value per epoch, per member
+    postprocessed = sorted((work / "smoke").glob("test-*/predictions/WeakMamba_ensemble__largest_component/*.nii.gz"))
+    assert len(postprocessed) == 4
+    for file in postprocessed:
+        raw = sitk.GetArrayFromImage(sitk.ReadImage(str(file.parent.with_name("WeakMamba_ensemble") / file.name)))
+        kept = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
+        assert np.array_equal(kept, largest_components(raw))
     assert table.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     second = run_benchmark(arguments)

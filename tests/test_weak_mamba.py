@@ -23,8 +23,8 @@ from scribble_nnunet import load_plans, scribble_environment
 from nnunetv2_mamba.data.scribble_dataset import ScribbleDatasetError
 from nnunetv2_mamba.nets.network_ensemble import NetworkEnsemble, ensemble_log_probabilities
 from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss, PartialCrossEntropy,
-                                                            deep_supervision_weights, match_targets, pseudo_label,
-                                                            resize_labels)
+                                                            deep_supervision_weights, keep_largest_components,
+                                                            match_targets, pseudo_label, resize_labels)
 from nnunetv2_mamba.training.dense_validation import DENSE_FOLDER, DenseValidationMixin
 from nnunetv2_mamba.training.nnUNetTrainerWeakMamba import MEMBER_ENVIRONMENT_VARIABLE, foreground_counts
 from nnunetv2_mamba.training.scribble_schedules import (nnUNetTrainerScribbleBaseline_smoke,
@@ -98,6 +98,35 @@ def test_loss_uses_the_drawn_weights_and_no_gradient_flows_through_the_pseudo_la
     other = loss({k: v.detach() for k, v in logits.items()}, torch.full((1, 1, 2, 2), IGNORE))
     assert other["a"].item() == pytest.approx(_dice(logits["a"], torch.zeros(1, 1, 2, 2)).item(), rel=1e-6)
     assert other["a"].item() != pytest.approx(losses["a"].item())
+
+
+def test_largest_components_keep_one_blob_per_class_and_sample():
+    labels = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    labels[0, 0, :3, :3] = 1  # 9 pixels: kept
+    labels[0, 0, 6:, 6:] = 1  # 4 pixels of the same class: removed
+    labels[0, 0, 0, 7] = 2  # the only blob of class 2: kept, however small
+    labels[1, 0, 5:, :2] = 1  # sample 1: its own largest blob of class 1 (6 pixels) kept, the 2-pixel one removed
+    labels[1, 0, 0, 4:6] = 1
+    expected = labels.clone()
+    expected[0, 0, 6:, 6:] = 0
+    expected[1, 0, 0, 4:6] = 0
+    assert torch.equal(keep_largest_components(labels, 3), expected)
+    assert torch.equal(labels[0, 0, 6:, 6:], torch.ones(2, 2, dtype=torch.long))  # the input is left as it was
+
+
+def test_loss_supervises_with_the_cleaned_pseudo_label_when_asked():
+    logits = torch.full((1, 3, 6, 6), -5.0)
+    logits[:, 0] = 5.0
+    logits[0, 1, :3, :3] = 10.0  # class 1: a 9-pixel blob ...
+    logits[0, 1, 5, 5] = 10.0  # ... and a stray pixel, which the cleaned pseudo label makes background
+    cleaned = torch.zeros(1, 1, 6, 6, dtype=torch.long)
+    cleaned[0, 0, :3, :3] = 1
+    outputs = {"a": logits.clone().requires_grad_(True), "b": logits.clone()}
+    for largest_component, label in ((True, cleaned), (False, logits.argmax(1, keepdim=True))):
+        loss = CrossSupervisionLoss(IGNORE, pce_weight=0.0, largest_component=largest_component)
+        losses = loss(outputs, torch.full((1, 1, 6, 6), IGNORE))
+        assert losses["a"].item() == pytest.approx(_dice(outputs["a"], label).item(), rel=1e-6)
+    assert _dice(outputs["a"], cleaned).item() != pytest.approx(_dice(outputs["a"], logits.argmax(1, True)).item())
 
 
 def test_pseudo_label_weights_are_dirichlet_1():
