@@ -39,8 +39,8 @@ reported beside them):
   (16 ... 256; at features / 4 stock nnU-Net on the dense labels predicted background only for 550 of its 1000
   iterations); 40 epochs x 25 iterations = 1000 iterations, 5 validation iterations per epoch; WeakMamba's token
   networks with embedding 48 and two blocks per level (the paper's depth), its pseudo-label weight ramped up over
-  the first half of the epochs and its pseudo labels reduced to the largest component of every class (``_cpu`` in
-  scribble_schedules); no mirroring, neither as augmentation nor at test time (test-time
+  the first half of the epochs and its pseudo labels reduced to the components that hold a scribble of their class (``_cpu``
+  in scribble_schedules); no mirroring, neither as augmentation nor at test time (test-time
   mirroring would quadruple the prediction time). Planned from step times on 2 idle cores: an epoch of 25 steps
   and 5 validation steps takes 10-11 s for the baseline and the dense bound and about 45 s for WeakMamba (its token
   networks run the fused CPU scan)
@@ -145,8 +145,8 @@ class Budget:
                 f"validation iterations per epoch), mirroring {'on' if s.mirroring else 'off'}; WeakMamba token "
                 f"networks {json.dumps(tokens) if tokens else 'at paper size'}, pseudo-label weight ramped up over "
                 f"{self.weak_mamba.pseudo_label_rampup:.0%} of the epochs"
-                + (", pseudo labels reduced to their largest components"
-                   if self.weak_mamba.pseudo_label_largest_component else ""))
+                + (f", pseudo labels reduced to their {self.weak_mamba.pseudo_label_components} components"
+                   if self.weak_mamba.pseudo_label_components else ""))
 
 
 BUDGETS = {"smoke": Budget("smoke", (128, 128), 2, 16),

@@ -24,7 +24,8 @@ from nnunetv2_mamba.data.scribble_dataset import ScribbleDatasetError
 from nnunetv2_mamba.nets.network_ensemble import NetworkEnsemble, ensemble_log_probabilities
 from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss, PartialCrossEntropy,
                                                             deep_supervision_weights, keep_largest_components,
-                                                            match_targets, pseudo_label, resize_labels)
+                                                            keep_scribbled_components, match_targets, pseudo_label,
+                                                            resize_labels)
 from nnunetv2_mamba.training.dense_validation import DENSE_FOLDER, DenseValidationMixin
 from nnunetv2_mamba.training.nnUNetTrainerWeakMamba import MEMBER_ENVIRONMENT_VARIABLE, foreground_counts
 from nnunetv2_mamba.training.scribble_schedules import (nnUNetTrainerScribbleBaseline_smoke,
@@ -114,19 +115,67 @@ def test_largest_components_keep_one_blob_per_class_and_sample():
     assert torch.equal(labels[0, 0, 6:, 6:], torch.ones(2, 2, dtype=torch.long))  # the input is left as it was
 
 
-def test_loss_supervises_with_the_cleaned_pseudo_label_when_asked():
+@pytest.mark.parametrize("shape", [(3, 1, 40, 36), (2, 1, 6, 12, 10)])
+def test_largest_components_match_nnunet_postprocessing(shape):
+    """Noisy labels, as an untrained network's (tens of components per class; in 2D, 4 of the 9 (sample, class)
+    pairs have several tied for the largest size), give exactly nnU-Net's
+    ``remove_all_but_largest_component_from_segmentation``, class by class (3D: 26-connectivity)."""
+    from nnunetv2.postprocessing.remove_connected_components import remove_all_but_largest_component_from_segmentation
+
+    generator = torch.Generator().manual_seed(0)
+    labels = (torch.rand(shape, generator=generator) < 0.18) * torch.randint(1, 4, shape, generator=generator)
+    expected = labels.numpy().copy()
+    for sample in expected:
+        for label in range(1, 4):
+            sample[0] = remove_all_but_largest_component_from_segmentation(sample[0], label)
+    cleaned = keep_largest_components(labels, 4)
+    assert torch.equal(cleaned, torch.from_numpy(expected))
+    assert not torch.equal(cleaned, labels)
+
+
+def test_scribbled_components_keep_the_blobs_that_hold_a_scribble_of_their_class():
+    labels = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    labels[0, 0, :3, :3] = 1  # 9 pixels, no scribble of class 1 in it: removed although the largest
+    labels[0, 0, 6:, 6:] = 1  # 4 pixels holding a class-1 scribble: kept
+    labels[0, 0, 0, 5:7] = 2  # holds a scribble of class 1, not of class 2: removed
+    labels[1, 0, 4:, 4:] = 1  # sample 1: no scribble at all, everything removed
+    scribbles = torch.full_like(labels, IGNORE)
+    scribbles[0, 0, 7, 7] = 1
+    scribbles[0, 0, 0, 5] = 1
+    scribbles[0, 0, 1, 1] = 0  # a background scribble inside the class-1 blob does not seed it
+    scribbles = scribbles.float()  # nnU-Net's targets are float tensors
+    expected = torch.zeros_like(labels)
+    expected[0, 0, 6:, 6:] = 1
+    assert torch.equal(keep_scribbled_components(labels, scribbles, 3), expected)
+    assert int(labels.sum()) == 9 + 4 + 4 + 16  # the input is left as it was
+    with pytest.raises(ValueError, match=r"pseudo labels \(2, 1, 8, 8\) and scribbles \(2, 1, 4, 4\)"):
+        keep_scribbled_components(labels, scribbles[..., :4, :4], 3)
+
+
+@pytest.mark.parametrize("components", [None, "largest", "scribbled"])
+def test_loss_supervises_with_the_cleaned_pseudo_label_when_asked(components):
     logits = torch.full((1, 3, 6, 6), -5.0)
     logits[:, 0] = 5.0
     logits[0, 1, :3, :3] = 10.0  # class 1: a 9-pixel blob ...
-    logits[0, 1, 5, 5] = 10.0  # ... and a stray pixel, which the cleaned pseudo label makes background
-    cleaned = torch.zeros(1, 1, 6, 6, dtype=torch.long)
-    cleaned[0, 0, :3, :3] = 1
+    logits[0, 1, 5, 4:] = 10.0  # ... and a 2-pixel one, which alone holds a class-1 scribble
+    scribbles = torch.full((1, 1, 6, 6), float(IGNORE))
+    scribbles[0, 0, 5, 5] = 1
+    label = logits.argmax(1, keepdim=True)
+    if components == "largest":
+        label[0, 0, 5, 4:] = 0
+    elif components == "scribbled":
+        label[0, 0, :3, :3] = 0
     outputs = {"a": logits.clone().requires_grad_(True), "b": logits.clone()}
-    for largest_component, label in ((True, cleaned), (False, logits.argmax(1, keepdim=True))):
-        loss = CrossSupervisionLoss(IGNORE, pce_weight=0.0, largest_component=largest_component)
-        losses = loss(outputs, torch.full((1, 1, 6, 6), IGNORE))
-        assert losses["a"].item() == pytest.approx(_dice(outputs["a"], label).item(), rel=1e-6)
-    assert _dice(outputs["a"], cleaned).item() != pytest.approx(_dice(outputs["a"], logits.argmax(1, True)).item())
+    loss = CrossSupervisionLoss(IGNORE, pce_weight=0.0, components=components)
+    losses = loss(outputs, scribbles)
+    assert losses["a"].item() == pytest.approx(_dice(outputs["a"], label).item(), rel=1e-6)
+    others = [_dice(outputs["a"], other).item() for other in (logits.argmax(1, keepdim=True), label)]
+    assert components is None or others[0] != pytest.approx(others[1])  # the three labels give three losses
+
+
+def test_unknown_pseudo_label_components_are_refused():
+    with pytest.raises(ValueError, match="pseudo-label components 'largest_component'"):
+        CrossSupervisionLoss(IGNORE, components="largest_component")
 
 
 def test_pseudo_label_weights_are_dirichlet_1():

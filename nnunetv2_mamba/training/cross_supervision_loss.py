@@ -14,25 +14,33 @@ by shape, any other gets the full-resolution targets resized with nearest neighb
 ``DownsampleSegForDSTransform`` does. The pseudo label is computed at full resolution and resized the same way.
 Outputs are weighted as nnU-Net does (1, 1/2, 1/4, ..., the lowest 0, normalised), per network.
 
-``largest_component`` (our addition, not in the paper) keeps, per sample and foreground class, only the largest
-connected component of the pseudo label (the rest becomes background), with nnU-Net's post-processing function.
-Scribbles supervise little of the background (on ACDC a band around the heart); networks trained on them put
-foreground in unlabeled tissue far from the structures, and the mixed pseudo label passes those blobs on. Where each
-class is one structure (the cardiac ones in a short-axis slice), the cleaned pseudo label supervises them as background.
+``components`` (our addition, not in the paper) cleans the pseudo label per sample and foreground class; removed
+pixels become background. Scribbles supervise little of the background (on ACDC a band around the heart); networks
+trained on them put foreground in unlabeled tissue far from the structures, and the mixed pseudo label passes those
+blobs on. Where each class is one structure (the cardiac ones in a short-axis slice):
+
+- ``"largest"`` keeps the largest connected component of each class, as nnU-Net's post-processing does;
+- ``"scribbled"`` keeps the components that contain a scribble of their class. A patch that holds no structure gets
+  an all-background pseudo label, where "largest" keeps the biggest false blob and so teaches it: on ACDC's train
+  split 44 % of uniformly placed 128 x 128 crops hold no cardiac structure. Applied to the true labels of those
+  crops, it keeps 98.7 % of the foreground (a structure's part whose scribble lies outside the crop is lost),
+  "largest" 99.97 %.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from nnunetv2.postprocessing.remove_connected_components import remove_all_but_largest_component_from_segmentation
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 from nnunetv2.utilities.helpers import softmax_helper_dim1
+from scipy import ndimage
 
+COMPONENTS = (None, "largest", "scribbled")  # CrossSupervisionLoss's ``components``
 Output = torch.Tensor | Sequence[torch.Tensor]
 
 
@@ -75,14 +83,37 @@ def pseudo_label(probabilities: Sequence[torch.Tensor], weights: torch.Tensor) -
 
 
 def keep_largest_components(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``labels`` (b, 1, *spatial) with every foreground class reduced to its largest connected component per sample
-    (nnU-Net's ``remove_all_but_largest_component``: full connectivity, components that tie for the largest size all
-    kept); removed pixels become background (0)."""
+    """``labels`` (b, 1, *spatial) with every foreground class reduced to its largest connected component per sample;
+    removed pixels become background (0). The semantics of nnU-Net's ``remove_all_but_largest_component`` (full
+    connectivity, components that tie for the largest size all kept), whose size comparison is quadratic in the
+    number of components: an untrained network's pseudo label of 256 x 224 has thousands, and it took seconds a step."""
     maps = labels.cpu().numpy().copy()  # for a CPU tensor, numpy() shares its memory
+    connectivity = ndimage.generate_binary_structure(maps.ndim - 2, maps.ndim - 2)
     for sample in maps:
         for label in range(1, num_classes):
-            if (sample[0] == label).any():
-                sample[0] = remove_all_but_largest_component_from_segmentation(sample[0], label)
+            components, count = ndimage.label(sample[0] == label, connectivity)
+            if count > 1:
+                sizes = np.bincount(components.ravel())
+                sizes[0] = 0
+                sample[0][(components > 0) & (sizes[components] < sizes.max())] = 0
+    return torch.from_numpy(maps).to(labels.device)
+
+
+def keep_scribbled_components(labels: torch.Tensor, scribbles: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``labels`` (b, 1, *spatial) with every foreground class reduced, per sample, to its connected components (full
+    connectivity) that contain a pixel scribbled with that class in ``scribbles`` (same shape; the ignore label and
+    other classes elsewhere); removed pixels become background (0)."""
+    if labels.shape != scribbles.shape:
+        raise ValueError(f"pseudo labels {tuple(labels.shape)} and scribbles {tuple(scribbles.shape)} differ in shape")
+    maps = labels.cpu().numpy().copy()  # for a CPU tensor, numpy() shares its memory
+    marks = scribbles.cpu().numpy()
+    connectivity = ndimage.generate_binary_structure(maps.ndim - 2, maps.ndim - 2)
+    for sample, scribbled in zip(maps, marks):
+        for label in range(1, num_classes):
+            components, count = ndimage.label(sample[0] == label, connectivity)
+            if count:
+                seeded = np.unique(components[scribbled[0] == label])
+                sample[0][(components > 0) & ~np.isin(components, seeded[seeded > 0])] = 0
     return torch.from_numpy(maps).to(labels.device)
 
 
@@ -100,20 +131,22 @@ class CrossSupervisionLoss(nn.Module):
     """The loss of the module docstring; ``forward(outputs, target)`` takes ``{network name: logits or
     deep-supervision list}`` and nnU-Net's target (a tensor or list of scales) and returns the loss per network.
 
-    ``pseudo_label_scale`` multiplies ``pseudo_label_weight`` (the trainer's ramp-up sets it); ``largest_component``
-    cleans the pseudo label (module docstring). After each call,
+    ``pseudo_label_scale`` multiplies ``pseudo_label_weight`` (the trainer's ramp-up sets it); ``components``
+    (None, ``"largest"`` or ``"scribbled"``) cleans the pseudo label (module docstring). After each call,
     ``last_weights`` holds the drawn pseudo-label weights in the order of ``outputs``.
     """
 
     def __init__(self, ignore_label: int | None, pce_weight: float = 1.0, pseudo_label_weight: float = 1.0,
-                 batch_dice: bool = False, ddp: bool = False, largest_component: bool = False):
+                 batch_dice: bool = False, ddp: bool = False, components: str | None = None):
         super().__init__()
+        if components not in COMPONENTS:
+            raise ValueError(f"pseudo-label components {components!r}: expected one of {COMPONENTS}")
         self.pce = PartialCrossEntropy(ignore_index=ignore_label if ignore_label is not None else -100)
         self.dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=batch_dice, do_bg=True,
                                                 smooth=1e-5, ddp=ddp)
         self.pce_weight, self.pseudo_label_weight = pce_weight, pseudo_label_weight
         self.pseudo_label_scale = 1.0
-        self.largest_component = largest_component
+        self.components = components
         self.last_weights: torch.Tensor | None = None
 
     def draw_weights(self, num_networks: int, device: torch.device) -> torch.Tensor:
@@ -124,7 +157,7 @@ class CrossSupervisionLoss(nn.Module):
         outputs = {name: as_list(output) for name, output in outputs.items()}
         targets = as_list(target)
         pseudo_weight = self.pseudo_label_weight * self.pseudo_label_scale
-        labels = self._pseudo_label(outputs) if pseudo_weight else None
+        labels = self._pseudo_label(outputs, targets[0]) if pseudo_weight else None
         losses = {}
         for name, scales in outputs.items():
             terms = []
@@ -138,7 +171,7 @@ class CrossSupervisionLoss(nn.Module):
         return losses
 
     @torch.no_grad()
-    def _pseudo_label(self, outputs: Mapping[str, list[torch.Tensor]]) -> torch.Tensor:
+    def _pseudo_label(self, outputs: Mapping[str, list[torch.Tensor]], scribbles: torch.Tensor) -> torch.Tensor:
         full = [scales[0] for scales in outputs.values()]
         shapes = {tuple(x.shape) for x in full}
         if len(shapes) != 1:
@@ -146,4 +179,8 @@ class CrossSupervisionLoss(nn.Module):
                              f"{ {name: tuple(s[0].shape) for name, s in outputs.items()} }")
         self.last_weights = self.draw_weights(len(full), full[0].device)
         labels = pseudo_label([x.float().softmax(1) for x in full], self.last_weights)
-        return keep_largest_components(labels, full[0].shape[1]) if self.largest_component else labels
+        if self.components == "largest":
+            return keep_largest_components(labels, full[0].shape[1])
+        if self.components == "scribbled":
+            return keep_scribbled_components(labels, scribbles, full[0].shape[1])
+        return labels

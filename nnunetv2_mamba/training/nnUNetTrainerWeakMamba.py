@@ -88,9 +88,9 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
     - ``pseudo_label_rampup``: share of the epochs over which the pseudo-label weight rises along a sigmoid,
       exp(-5 (1 - t)^2); 0 (the default) means from the start, as the anchor's code trains (it computes a ramp-up
       but never applies it).
-    - ``pseudo_label_largest_component``: reduce every class of the pseudo label to its largest connected component
-      per sample (our addition; see :mod:`~nnunetv2_mamba.training.cross_supervision_loss`). Off by default, as in
-      the paper.
+    - ``pseudo_label_components``: ``"largest"`` reduces every class of the pseudo label to its largest connected
+      component per sample, ``"scribbled"`` to its components that hold a scribble of that class (our addition; see
+      :mod:`~nnunetv2_mamba.training.cross_supervision_loss`). None (the default) keeps it whole, as the paper does.
     - ``validate_networks_separately``: the final validation also predicts with each network alone
       (``validation_<name>/`` beside nnU-Net's ``validation/``, which holds the ensemble).
     """
@@ -103,7 +103,7 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
     pce_weight = 1.0
     pseudo_label_weight = 1.0
     pseudo_label_rampup = 0.0
-    pseudo_label_largest_component = False
+    pseudo_label_components: str | None = None
     validate_networks_separately = True
     gradient_clip = 12.0  # per network, as nnU-Net clips its one network
 
@@ -171,7 +171,7 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
     def _build_loss(self) -> CrossSupervisionLoss:
         return CrossSupervisionLoss(self.label_manager.ignore_label, self.pce_weight, self.pseudo_label_weight,
                                     batch_dice=self.configuration_manager.batch_dice, ddp=self.is_ddp,
-                                    largest_component=self.pseudo_label_largest_component)
+                                    components=self.pseudo_label_components)
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
