@@ -170,7 +170,7 @@ def test_loss_supervises_with_the_cleaned_pseudo_label_when_asked(components):
     losses = loss(outputs, scribbles)
     assert losses["a"].item() == pytest.approx(_dice(outputs["a"], label).item(), rel=1e-6)
     others = [_dice(outputs["a"], other).item() for other in (logits.argmax(1, keepdim=True), label)]
-    assert components is None or others[0] != pytest.approx(others[1])  # the three labels give three losses
+    assert components is None or others[0] != pytest.approx(others[1])  # the cleaning changes the loss
 
 
 def test_unknown_pseudo_label_components_are_refused():
