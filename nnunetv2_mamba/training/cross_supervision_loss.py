@@ -29,7 +29,7 @@ blobs on. Where each class is one structure (the cardiac ones in a short-axis sl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -82,39 +82,43 @@ def pseudo_label(probabilities: Sequence[torch.Tensor], weights: torch.Tensor) -
     return mixed.argmax(1, keepdim=True)
 
 
-def keep_largest_components(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``labels`` (b, 1, *spatial) with every foreground class reduced to its largest connected component per sample;
-    removed pixels become background (0). The semantics of nnU-Net's ``remove_all_but_largest_component`` (full
-    connectivity, components that tie for the largest size all kept), whose size comparison is quadratic in the
-    number of components: an untrained network's pseudo label of 256 x 224 has thousands, and it took seconds a step."""
+def keep_components(labels: torch.Tensor, num_classes: int,
+                    kept: Callable[[int, int, np.ndarray], np.ndarray]) -> torch.Tensor:
+    """``labels`` (b, 1, *spatial) with, per sample and foreground class, only the connected components (full
+    connectivity) whose ids ``kept(sample index, class, component map)`` returns; removed pixels become background."""
     maps = labels.cpu().numpy().copy()  # for a CPU tensor, numpy() shares its memory
     connectivity = ndimage.generate_binary_structure(maps.ndim - 2, maps.ndim - 2)
-    for sample in maps:
-        for label in range(1, num_classes):
-            components, count = ndimage.label(sample[0] == label, connectivity)
-            if count > 1:
-                sizes = np.bincount(components.ravel())
-                sizes[0] = 0
-                sample[0][(components > 0) & (sizes[components] < sizes.max())] = 0
-    return torch.from_numpy(maps).to(labels.device)
-
-
-def keep_scribbled_components(labels: torch.Tensor, scribbles: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``labels`` (b, 1, *spatial) with every foreground class reduced, per sample, to its connected components (full
-    connectivity) that contain a pixel scribbled with that class in ``scribbles`` (same shape; the ignore label and
-    other classes elsewhere); removed pixels become background (0)."""
-    if labels.shape != scribbles.shape:
-        raise ValueError(f"pseudo labels {tuple(labels.shape)} and scribbles {tuple(scribbles.shape)} differ in shape")
-    maps = labels.cpu().numpy().copy()  # for a CPU tensor, numpy() shares its memory
-    marks = scribbles.cpu().numpy()
-    connectivity = ndimage.generate_binary_structure(maps.ndim - 2, maps.ndim - 2)
-    for sample, scribbled in zip(maps, marks):
+    for index, sample in enumerate(maps):
         for label in range(1, num_classes):
             components, count = ndimage.label(sample[0] == label, connectivity)
             if count:
-                seeded = np.unique(components[scribbled[0] == label])
-                sample[0][(components > 0) & ~np.isin(components, seeded[seeded > 0])] = 0
+                sample[0][(components > 0) & ~np.isin(components, kept(index, label, components))] = 0
     return torch.from_numpy(maps).to(labels.device)
+
+
+def keep_largest_components(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Every foreground class reduced to its largest connected component per sample (:func:`keep_components`). The
+    semantics of nnU-Net's ``remove_all_but_largest_component`` (full connectivity, components that tie for the
+    largest size all kept), whose size comparison is quadratic in the number of components: an untrained network's
+    pseudo label of 256 x 224 has thousands, and it took seconds a step."""
+    def largest(index: int, label: int, components: np.ndarray) -> np.ndarray:
+        sizes = np.bincount(components.ravel())[1:]
+        return np.flatnonzero(sizes == sizes.max()) + 1
+
+    return keep_components(labels, num_classes, largest)
+
+
+def keep_scribbled_components(labels: torch.Tensor, scribbles: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Every foreground class reduced, per sample, to its connected components that contain a pixel scribbled with
+    that class in ``scribbles`` (same shape; the ignore label and other classes elsewhere; :func:`keep_components`)."""
+    if labels.shape != scribbles.shape:
+        raise ValueError(f"pseudo labels {tuple(labels.shape)} and scribbles {tuple(scribbles.shape)} differ in shape")
+    marks = scribbles.cpu().numpy()
+
+    def scribbled(index: int, label: int, components: np.ndarray) -> np.ndarray:
+        return np.unique(components[marks[index, 0] == label])
+
+    return keep_components(labels, num_classes, scribbled)
 
 
 class PartialCrossEntropy(RobustCrossEntropyLoss):
