@@ -146,7 +146,8 @@ class Budget:
                 f"networks {json.dumps(tokens) if tokens else 'at paper size'}, pseudo-label weight ramped up over "
                 f"{self.weak_mamba.pseudo_label_rampup:.0%} of the epochs"
                 + (f", pseudo labels reduced to their {self.weak_mamba.pseudo_label_components} components"
-                   if self.weak_mamba.pseudo_label_components else ""))
+                   if self.weak_mamba.pseudo_label_components else "")
+                + f", pseudo-label loss {self.weak_mamba.pseudo_label_loss}")
 
 
 BUDGETS = {"smoke": Budget("smoke", (128, 128), 2, 16),

@@ -173,9 +173,36 @@ def test_loss_supervises_with_the_cleaned_pseudo_label_when_asked(components):
     assert components is None or others[0] != pytest.approx(others[1])  # the cleaning changes the loss
 
 
-def test_unknown_pseudo_label_components_are_refused():
+def test_dice_ce_adds_nnunets_cross_entropy_against_the_pseudo_label():
+    """Network b alone makes the pseudo label (a scribbled class-1 blob); network a also puts class 1 on one pixel far
+    from it, which the pseudo label calls background. "dice_ce" adds the cross-entropy over all pixels to the Dice,
+    and pulls that pixel harder towards background than the Dice alone does."""
+    b = torch.full((1, 3, 16, 16), -5.0)
+    b[:, 0] = 5.0
+    b[0, 1, :4, :4] = 10.0
+    a = b.clone()
+    a[0, 1, 12, 12] = 10.0
+    scribbles = torch.full((1, 1, 16, 16), float(IGNORE))
+    scribbles[0, 0, 1, 1] = 1
+    label = b.argmax(1, keepdim=True)
+    gradients = {}
+    for option in ("dice", "dice_ce"):
+        loss = CrossSupervisionLoss(IGNORE, pce_weight=0.0, components="scribbled", pseudo_label_loss=option)
+        loss.draw_weights = lambda n, device: torch.tensor([0.0, 1.0])
+        logits = a.clone().requires_grad_(True)
+        value = loss({"a": logits, "b": b}, scribbles)["a"]
+        expected = _dice(logits, label) + (F.cross_entropy(logits, label[:, 0]) if option == "dice_ce" else 0)
+        assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+        gradients[option] = torch.autograd.grad(value, logits)[0][0, :, 12, 12]
+    assert gradients["dice_ce"][1] > 0 and gradients["dice_ce"][0] < 0  # descent lowers class 1, raises background
+    assert gradients["dice_ce"][1] > 5 * gradients["dice"][1]
+
+
+def test_unknown_pseudo_label_options_are_refused():
     with pytest.raises(ValueError, match="pseudo-label components 'largest_component'"):
         CrossSupervisionLoss(IGNORE, components="largest_component")
+    with pytest.raises(ValueError, match=r"pseudo-label loss 'ce': expected one of \('dice', 'dice_ce'\)"):
+        CrossSupervisionLoss(IGNORE, pseudo_label_loss="ce")
 
 
 def test_pseudo_label_weights_are_dirichlet_1():

@@ -91,6 +91,8 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
     - ``pseudo_label_components``: ``"largest"`` reduces every class of the pseudo label to its largest connected
       component per sample, ``"scribbled"`` to its components that hold a scribble of that class (our addition; see
       :mod:`~nnunetv2_mamba.training.cross_supervision_loss`). None (the default) keeps it whole, as the paper does.
+    - ``pseudo_label_loss``: ``"dice"`` (the default, the paper's) or ``"dice_ce"``, nnU-Net's Dice plus cross-entropy
+      (our addition, same module).
     - ``validate_networks_separately``: the final validation also predicts with each network alone
       (``validation_<name>/`` beside nnU-Net's ``validation/``, which holds the ensemble).
     """
@@ -104,6 +106,7 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
     pseudo_label_weight = 1.0
     pseudo_label_rampup = 0.0
     pseudo_label_components: str | None = None
+    pseudo_label_loss = "dice"
     validate_networks_separately = True
     gradient_clip = 12.0  # per network, as nnU-Net clips its one network
 
@@ -171,7 +174,8 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
     def _build_loss(self) -> CrossSupervisionLoss:
         return CrossSupervisionLoss(self.label_manager.ignore_label, self.pce_weight, self.pseudo_label_weight,
                                     batch_dice=self.configuration_manager.batch_dice, ddp=self.is_ddp,
-                                    components=self.pseudo_label_components)
+                                    components=self.pseudo_label_components,
+                                    pseudo_label_loss=self.pseudo_label_loss)
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
