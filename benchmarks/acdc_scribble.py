@@ -92,6 +92,7 @@ IMAGE_SUFFIX = "_0000.nii.gz"  # the converter's single channel and file ending
 ABLATION = ("MambaUNet", "SwinUNet")
 POSTPROCESSED = "__largest_component"  # suffix of the post-processed predictions and evaluations
 MIN_FEATURE_MAP = 4  # nnU-Net's planner: UNet_featuremap_min_edge_length
+NEAR = 10  # pixels: a false positive this close to the true structures is a boundary error, farther a false blob
 Say = Callable[[str], None]  # progress output
 
 
@@ -462,6 +463,32 @@ def postprocess_and_evaluate(rows: list[Method], labels: Path, folder: Path, say
         say(f"{row.name}, largest component per class: foreground Dice {results['foreground_mean']['Dice']:.4f}")
 
 
+def error_breakdown(predictions: Path, labels: Path, classes: list[int], near: float = NEAR) -> dict[str, float]:
+    """Where a method's errors are, summed over the classes and cases of ``predictions`` (against the files of the
+    same name in ``labels``), as shares of the true foreground area: missed pixels (FN), and false positives within
+    ``near`` pixels (Euclidean) of the true foreground of any class (boundary errors) or farther (false blobs; all of
+    a case without foreground). What located the scribble methods' failure: blobs far from the heart."""
+    import numpy as np
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    area = missed = boundary = blobs = 0
+    for file in sorted(predictions.glob("*.nii.gz")):
+        prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(labels / file.name)))
+        foreground = np.isin(reference, classes)
+        is_near = (ndimage.distance_transform_edt(~foreground) <= near) if foreground.any() else foreground
+        for c in classes:
+            false_positive = (prediction == c) & (reference != c)
+            area += int((reference == c).sum())
+            missed += int(((reference == c) & (prediction != c)).sum())
+            boundary += int((false_positive & is_near).sum())
+            blobs += int((false_positive & ~is_near).sum())
+    if not area:
+        raise ValueError(f"{labels} holds no foreground of classes {classes} for the cases of {predictions}")
+    return {"FN": missed / area, "FP near": boundary / area, "FP far": blobs / area}
+
+
 def training_curves(training: Training) -> dict[str, list[float]]:
     """Per-epoch curves of nnU-Net's logger, as stored in the final checkpoint (``checkpoint["logging"]``)."""
     import torch
@@ -476,15 +503,17 @@ def training_curves(training: Training) -> dict[str, list[float]]:
 
 # ------------------------------------------------------------------------------------------------------- report
 
-def result_row(method: Method, evaluation: dict, postprocessed: dict, timing: dict) -> dict[str, Any]:
+def result_row(method: Method, evaluation: dict, postprocessed: dict, errors: dict[str, float],
+               timing: dict) -> dict[str, Any]:
     """The table's row: Dice per class and foreground mean, HD95 and ASD (foreground means), the mean Dice and HD95
-    after largest-component post-processing, training cost."""
+    after largest-component post-processing, the error breakdown, training cost."""
     per_class = {c["name"]: c["mean"]["Dice"] for label, c in evaluation["per_class"].items() if label != "0"}
     return {"method": method.name, "trainer": method.training.trainer, "plans": method.training.plans,
             **per_class, "mean Dice": evaluation["foreground_mean"]["Dice"],
             "HD95 (px)": evaluation["foreground_mean"]["HD95"], "ASD (px)": evaluation["foreground_mean"]["ASD"],
             "mean Dice, LCC": postprocessed["foreground_mean"]["Dice"],
             "HD95 (px), LCC": postprocessed["foreground_mean"]["HD95"],
+            **{k: round(v, 3) for k, v in errors.items()},
             "iterations": timing.get("iterations"),
             "train s": round(timing["seconds"]) if "seconds" in timing else None,
             "s/step": timing.get("seconds_per_iteration"),
@@ -582,7 +611,10 @@ def main() -> None:
 
     evaluations = {row: evaluation(row) for row in rows}
     postprocessed = {row: evaluation(row, POSTPROCESSED) for row in rows}
-    table = [result_row(row, evaluations[row], postprocessed[row], timings[row.training]) for row in rows]
+    foreground = [int(label) for label in evaluations[rows[0]]["per_class"] if label != "0"]
+    errors = {row: error_breakdown(folder / test_name / "predictions" / row.slug, labels, foreground) for row in rows}
+    table = [result_row(row, evaluations[row], postprocessed[row], errors[row], timings[row.training])
+             for row in rows]
     classes = [c["name"] for label, c in evaluations[rows[0]]["per_class"].items() if label != "0"]
     curves = {next(row.name for row in rows if row.training == t).removesuffix(" ensemble"): training_curves(t)
               for t in trainings}
@@ -590,8 +622,10 @@ def main() -> None:
     markdown = (f"{budget.describe()}\n\nTest set: {len(images)} 2D cases ({test_name}; references {labels}), "
                 f"predicted with {CHECKPOINT} (selected on the val split). Dice per class and foreground mean; HD95 "
                 f"and ASD in pixels, foreground means; LCC: after nnU-Net's post-processing that keeps the largest "
-                f"connected component of every class (the same for every method, not tuned). The WeakMamba rows "
-                f"share one training.\n\n"
+                f"connected component of every class (the same for every method, not tuned); FN, FP near, FP far: "
+                f"missed pixels and false positives within {NEAR} pixels of the true structures or farther, summed "
+                f"over classes and cases, as shares of the true foreground area (before post-processing). The "
+                f"WeakMamba rows share one training.\n\n"
                 + format_table(table, list(table[0])))
     (folder / f"{name}.md").write_text(markdown + "\n")
     write_json(name, {"budget": budget.describe(), "schedule": budget.schedule._asdict(), "plans": budget.plans,

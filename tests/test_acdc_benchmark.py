@@ -55,6 +55,27 @@ def largest_components(segmentation: np.ndarray) -> np.ndarray:
     return result
 
 
+def test_error_breakdown_splits_false_positives_by_their_distance_to_the_heart(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from acdc_scribble import error_breakdown
+
+    reference, prediction = np.zeros((2, 32, 32), np.uint8), np.zeros((2, 32, 32), np.uint8)
+    reference[0, 10:20, 10:20] = 3  # LV, 100 pixels; the second case holds no structure
+    prediction[0, 10:19, 10:21] = 3  # misses row 19 (10 pixels), adds column 20 (9, adjacent)
+    prediction[0, 12, 12] = 2  # MYO inside the LV: one more missed and one false positive next to the heart
+    prediction[0, 0:2, 28:32] = 3  # 8 pixels at least 12.7 pixels from the LV: a false blob
+    prediction[1, 5:7, 5:7] = 1  # 4 pixels of RV where there is no heart: far
+    for name, volume in (("references", reference), ("predictions", prediction)):
+        (tmp_path / name).mkdir()
+        for case, image in enumerate(volume):
+            sitk.WriteImage(sitk.GetImageFromArray(image), str(tmp_path / name / f"case{case}.nii.gz"))
+    errors = error_breakdown(tmp_path / "predictions", tmp_path / "references", [1, 2, 3])
+    assert errors == pytest.approx({"FN": 0.11, "FP near": 0.10, "FP far": 0.12})
+    (tmp_path / "predictions" / "case0.nii.gz").unlink()
+    with pytest.raises(ValueError, match=r"references holds no foreground of classes \[1, 2, 3\]"):
+        error_breakdown(tmp_path / "predictions", tmp_path / "references", [1, 2, 3])
+
+
 def run_benchmark(arguments: list[str]) -> str:
     result = subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
@@ -77,6 +98,7 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
     for row in results["results"]:
         for key in ("RV", "MYO", "LV", "mean Dice", "mean Dice, LCC"):
             assert 0 <= row[key] <= 1, (row["method"], key, row[key])
+        assert 0 <= row["FN"] <= 1 and row["FP near"] >= 0 and row["FP far"] >= 0, row
         assert row["iterations"] == 4 and row["train s"] is not None
     assert set(results["curves"]) == {"nnU-Net (scribbles)", "WeakMamba", "nnU-Net (dense, upper bound)",
                                       "MambaUNet alone (scribbles)", "SwinUNet alone (scribbles)"}

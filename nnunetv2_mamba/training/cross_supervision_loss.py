@@ -28,9 +28,10 @@ blobs on. Where each class is one structure (the cardiac ones in a short-axis sl
 
 ``pseudo_label_loss="dice_ce"`` (our addition) supervises the pseudo label with nnU-Net's own loss, Dice plus
 cross-entropy (``DC_and_CE_loss``, weights 1 and 1), instead of the paper's Dice alone. Scribble-trained networks err
-by foreground far from the structures (on ACDC false positives more than 10 pixels from the heart amount to 0.9-1.6 x
-the true area, those near it to 0.1-0.15 x), which a cleaned pseudo label marks as background; a soft Dice over the
-batch penalises such pixels only through its denominator, the cross-entropy each of them.
+by foreground far from the structures (on ACDC, step 8 of documentation/benchmarks.md: false positives more than 10
+pixels from the heart amount to 0.9-2.4 x the true area, those nearer to 0.12-0.15 x), which a cleaned pseudo label
+marks as background; a soft Dice over the batch penalises such pixels only through its denominator, the cross-entropy
+each of them (step 9: far false positives 0.2-0.6 x, more pixels missed).
 """
 
 from __future__ import annotations
