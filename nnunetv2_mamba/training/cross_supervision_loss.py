@@ -160,7 +160,7 @@ class CrossSupervisionLoss(nn.Module):
             raise ValueError(f"pseudo-label loss {pseudo_label_loss!r}: expected one of {PSEUDO_LABEL_LOSSES}")
         self.pce = PartialCrossEntropy(ignore_index=ignore_label if ignore_label is not None else -100)
         dice_kwargs = {"batch_dice": batch_dice, "do_bg": True, "smooth": 1e-5, "ddp": ddp}
-        self.pseudo_label_loss: nn.Module = (
+        self.pseudo_label_criterion: nn.Module = (
             MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, **dice_kwargs) if pseudo_label_loss == "dice"
             else DC_and_CE_loss(dice_kwargs, {}, dice_class=MemoryEfficientSoftDiceLoss))
         self.pce_weight, self.pseudo_label_weight = pce_weight, pseudo_label_weight
@@ -185,7 +185,7 @@ class CrossSupervisionLoss(nn.Module):
                 term = self.pce_weight * self.pce(logits, scribbles)
                 if labels is not None:
                     pseudo = resize_labels(labels, logits.shape[2:])
-                    term = term + pseudo_weight * self.pseudo_label_loss(logits, pseudo)
+                    term = term + pseudo_weight * self.pseudo_label_criterion(logits, pseudo)
                 terms.append(weight * term)  # a zero weight still keeps the output in the graph (DDP)
             losses[name] = sum(terms)
         return losses
