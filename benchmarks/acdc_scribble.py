@@ -39,8 +39,8 @@ reported beside them):
   (16 ... 256; at features / 4 stock nnU-Net on the dense labels predicted background only for 550 of its 1000
   iterations); 40 epochs x 25 iterations = 1000 iterations, 5 validation iterations per epoch; WeakMamba's token
   networks with embedding 48 and two blocks per level (the paper's depth), its pseudo-label weight ramped up over
-  the first half of the epochs and its pseudo labels reduced to the components that hold a scribble of their class (``_cpu``
-  in scribble_schedules); no mirroring, neither as augmentation nor at test time (test-time
+  the first half of the epochs, its pseudo labels reduced to the components that hold a scribble of their class and
+  compared with nnU-Net's Dice + cross-entropy (``_cpu`` in scribble_schedules); no mirroring, neither as augmentation nor at test time (test-time
   mirroring would quadruple the prediction time). Planned from step times on 2 idle cores: an epoch of 25 steps
   and 5 validation steps takes 10-11 s for the baseline and the dense bound and about 45 s for WeakMamba (its token
   networks run the fused CPU scan)
@@ -611,11 +611,11 @@ def main() -> None:
 
     evaluations = {row: evaluation(row) for row in rows}
     postprocessed = {row: evaluation(row, POSTPROCESSED) for row in rows}
-    foreground = [int(label) for label in evaluations[rows[0]]["per_class"] if label != "0"]
-    errors = {row: error_breakdown(folder / test_name / "predictions" / row.slug, labels, foreground) for row in rows}
+    classes = {int(label): c["name"] for label, c in evaluations[rows[0]]["per_class"].items() if label != "0"}
+    errors = {row: error_breakdown(folder / test_name / "predictions" / row.slug, labels, list(classes))
+              for row in rows}
     table = [result_row(row, evaluations[row], postprocessed[row], errors[row], timings[row.training])
              for row in rows]
-    classes = [c["name"] for label, c in evaluations[rows[0]]["per_class"].items() if label != "0"]
     curves = {next(row.name for row in rows if row.training == t).removesuffix(" ensemble"): training_curves(t)
               for t in trainings}
     name = f"acdc_scribble_{budget.name}_{test_name}"
@@ -637,7 +637,7 @@ def main() -> None:
                       "evaluations_largest_component": {
                           row.name: {k: postprocessed[row][k] for k in ("per_class", "foreground_mean")}
                           for row in rows}}, folder)
-    plot(table, classes, curves, budget.schedule.iterations_per_epoch, folder / f"{name}.png")
+    plot(table, list(classes.values()), curves, budget.schedule.iterations_per_epoch, folder / f"{name}.png")
     say(f"\n{markdown}\n\nwrote {folder / name}.md, .json and .png ({time.perf_counter() - started:.0f} s this run)")
 
 
