@@ -3,8 +3,9 @@ the scribbles (partial cross-entropy) and from a pseudo label mixed from all thr
 :mod:`nnunetv2_mamba.training.cross_supervision_loss` for the loss.
 
 nnU-Net-native: the three networks are one module (:class:`~nnunetv2_mamba.nets.network_ensemble.NetworkEnsemble`)
-built from the plans' configuration, so one SGD optimizer with nnU-Net's poly schedule trains all three, checkpoints
-and ``--c`` hold all three with the optimizer state, DDP wraps all three, and ``nnUNetv2_predict`` predicts with the
+built from the plans' configuration, so nnU-Net's SGD with its poly schedule trains all three (or one optimizer per
+network, :mod:`~nnunetv2_mamba.training.member_optimizers`), checkpoints and ``--c`` hold all three with the
+optimizer state, DDP wraps all three, and ``nnUNetv2_predict`` predicts with the
 ensemble (mean softmax) or, with ``nnUNet_ensemble_member=<name>``, with one network alone. Validation is against
 dense labels where the dataset has them (:class:`~nnunetv2_mamba.training.dense_validation.DenseValidationMixin`) and
 reports every network and the ensemble.
@@ -37,6 +38,7 @@ from nnunetv2_mamba.plans.overrides import load_override
 from nnunetv2_mamba.plans.translate import TRANSLATIONS
 from nnunetv2_mamba.training.cross_supervision_loss import CrossSupervisionLoss, as_list
 from nnunetv2_mamba.training.dense_validation import DenseValidationMixin
+from nnunetv2_mamba.training.member_optimizers import OptimizerGroup, SchedulerGroup, nnunet_optimizer
 from nnunetv2_mamba.training.nnUNetTrainerConsistency import sigmoid_rampup
 from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba, unwrap
 
@@ -93,6 +95,9 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
       :mod:`~nnunetv2_mamba.training.cross_supervision_loss`). None (the default) keeps it whole, as the paper does.
     - ``pseudo_label_loss``: ``"dice"`` (the default, the paper's) or ``"dice_ce"``, nnU-Net's Dice plus cross-entropy
       (our addition, same module).
+    - ``member_optimizers``: per member name, ``(optimizer, initial learning rate)`` with ``"sgd"`` (nnU-Net's) or
+      ``"adamw"`` (nnU-Net's ``nnUNetTrainerAdam``), each with its own poly schedule; members not named keep nnU-Net's
+      SGD at ``initial_lr``. Empty (the default, the paper's): one SGD for all three.
     - ``validate_networks_separately``: the final validation also predicts with each network alone
       (``validation_<name>/`` beside nnU-Net's ``validation/``, which holds the ensemble).
     """
@@ -107,6 +112,7 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
     pseudo_label_rampup = 0.0
     pseudo_label_components: str | None = None
     pseudo_label_loss = "dice"
+    member_optimizers: dict[str, tuple[str, float]] = {}
     validate_networks_separately = True
     gradient_clip = 12.0  # per network, as nnU-Net clips its one network
 
@@ -177,12 +183,28 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
                                     components=self.pseudo_label_components,
                                     pseudo_label_loss=self.pseudo_label_loss)
 
+    def configure_optimizers(self) -> tuple:
+        if not self.member_optimizers:
+            return super().configure_optimizers()
+        members = unwrap(self.network).members
+        unknown = set(self.member_optimizers) - set(members)
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.member_optimizers names {sorted(unknown)}, which are not among "
+                             f"its networks {list(members)}")
+        settings = {name: self.member_optimizers.get(name, ("sgd", self.initial_lr)) for name in members}
+        optimizer = OptimizerGroup({name: nnunet_optimizer(kind, members[name].parameters(), lr, self.weight_decay)
+                                    for name, (kind, lr) in settings.items()})
+        return optimizer, SchedulerGroup(optimizer, {name: lr for name, (_, lr) in settings.items()}, self.num_epochs)
+
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         self.loss.pseudo_label_scale = sigmoid_rampup(self.current_epoch, self.pseudo_label_rampup * self.num_epochs)
         if self.pseudo_label_rampup:
             weight = self.pseudo_label_weight * self.loss.pseudo_label_scale
             self.print_to_log_file(f"Pseudo-label weight: {weight:.4f}")
+        if isinstance(self.optimizer, OptimizerGroup):  # nnU-Net logged the first network's only
+            rates = {name: optimizer.param_groups[0]["lr"] for name, optimizer in self.optimizer.optimizers.items()}
+            self.print_to_log_file("Learning rates: " + ", ".join(f"{n} {r:.6f}" for n, r in rates.items()))
 
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
@@ -191,11 +213,15 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             losses = self.loss(self.network(data), target)
             total = sum(losses.values())
-        if self.grad_scaler is not None:
+        if self.grad_scaler is not None:  # AMP scales and steps each optimizer of a group on its own
+            optimizers = (list(self.optimizer.optimizers.values()) if isinstance(self.optimizer, OptimizerGroup)
+                          else [self.optimizer])
             self.grad_scaler.scale(total).backward()
-            self.grad_scaler.unscale_(self.optimizer)
+            for optimizer in optimizers:
+                self.grad_scaler.unscale_(optimizer)
             self._clip_gradients()
-            self.grad_scaler.step(self.optimizer)
+            for optimizer in optimizers:
+                self.grad_scaler.step(optimizer)
             self.grad_scaler.update()
         else:
             total.backward()
