@@ -40,7 +40,8 @@ reported beside them):
   iterations); 40 epochs x 25 iterations = 1000 iterations, 5 validation iterations per epoch; WeakMamba's token
   networks with embedding 48 and two blocks per level (the paper's depth), its pseudo-label weight ramped up over
   the first half of the epochs, its pseudo labels reduced to the components that hold a scribble of their class and
-  compared with nnU-Net's Dice + cross-entropy (``_cpu`` in scribble_schedules); no mirroring, neither as augmentation nor at test time (test-time
+  compared with nnU-Net's Dice + cross-entropy, its token networks trained with nnU-Net's AdamW (lr 1e-3) and its CNN
+  with nnU-Net's SGD (``_cpu`` in scribble_schedules); no mirroring, neither as augmentation nor at test time (test-time
   mirroring would quadruple the prediction time). Planned from step times on 2 idle cores: an epoch of 25 steps
   and 5 validation steps takes 10-11 s for the baseline and the dense bound and about 45 s for WeakMamba (its token
   networks run the fused CPU scan)
@@ -148,7 +149,9 @@ class Budget:
                 f"{self.weak_mamba.pseudo_label_rampup:.0%} of the epochs"
                 + (f", pseudo labels reduced to their {self.weak_mamba.pseudo_label_components} components"
                    if self.weak_mamba.pseudo_label_components else "")
-                + f", pseudo-label loss {self.weak_mamba.pseudo_label_loss}")
+                + f", pseudo-label loss {self.weak_mamba.pseudo_label_loss}"
+                + "".join(f", {name} trained with {kind} (lr {lr:g})"
+                          for name, (kind, lr) in self.weak_mamba.member_optimizers.items()))
 
 
 BUDGETS = {"smoke": Budget("smoke", (128, 128), 2, 16),
