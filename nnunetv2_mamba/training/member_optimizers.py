@@ -34,7 +34,9 @@ def nnunet_optimizer(kind: str, parameters: Iterable[torch.nn.Parameter], lr: fl
 
 class OptimizerGroup:
     """Named optimizers used as one (module docstring); ``param_groups`` lists theirs in order, so the learning rate
-    nnU-Net logs (``param_groups[0]``) is the first optimizer's."""
+    nnU-Net logs (``param_groups[0]``) is the first optimizer's. AMP's ``GradScaler`` also takes the group as one
+    optimizer (it unscales through ``param_groups`` and calls ``step``): a non-finite gradient in any network skips
+    the step of all, as with one optimizer."""
 
     def __init__(self, optimizers: Mapping[str, torch.optim.Optimizer]):
         self.optimizers = dict(optimizers)

@@ -213,15 +213,11 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             losses = self.loss(self.network(data), target)
             total = sum(losses.values())
-        if self.grad_scaler is not None:  # AMP scales and steps each optimizer of a group on its own
-            optimizers = (list(self.optimizer.optimizers.values()) if isinstance(self.optimizer, OptimizerGroup)
-                          else [self.optimizer])
+        if self.grad_scaler is not None:
             self.grad_scaler.scale(total).backward()
-            for optimizer in optimizers:
-                self.grad_scaler.unscale_(optimizer)
+            self.grad_scaler.unscale_(self.optimizer)
             self._clip_gradients()
-            for optimizer in optimizers:
-                self.grad_scaler.step(optimizer)
+            self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             total.backward()
