@@ -25,8 +25,8 @@ from nnunetv2_mamba.data.scribble_dataset import ScribbleDatasetError
 from nnunetv2_mamba.nets.network_ensemble import NetworkEnsemble, ensemble_log_probabilities
 from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss, PartialCrossEntropy,
                                                             deep_supervision_weights, keep_largest_components,
-                                                            keep_scribbled_components, match_targets, pseudo_label,
-                                                            resize_labels)
+                                                            keep_scribbled_components, match_targets,
+                                                            near_class_boundary, pseudo_label, resize_labels)
 from nnunetv2_mamba.training.dense_validation import DENSE_FOLDER, DenseValidationMixin
 from nnunetv2_mamba.training.member_optimizers import nnunet_optimizer
 from nnunetv2_mamba.training.nnUNetTrainerWeakMamba import MEMBER_ENVIRONMENT_VARIABLE, foreground_counts
@@ -198,6 +198,47 @@ def test_dice_ce_adds_nnunets_cross_entropy_against_the_pseudo_label():
         gradients[option] = torch.autograd.grad(value, logits)[0][0, :, 12, 12]
     assert gradients["dice_ce"][1] > 0 and gradients["dice_ce"][0] < 0  # descent lowers class 1, raises background
     assert gradients["dice_ce"][1] > 5 * gradients["dice"][1]
+
+
+@pytest.mark.parametrize("margin", [1, 2])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_near_class_boundary_marks_the_pixels_with_another_class_within_the_margin(margin, ndim):
+    rng = np.random.default_rng(margin + ndim)
+    labels = rng.integers(0, 2, (2, 1) + (7,) * ndim)
+    labels[0, 0, 2:5, 2:5] = 2
+    expected = np.zeros(labels.shape, bool)
+    for index in np.ndindex(labels.shape):  # brute force: the classes in the (2 margin + 1)-wide neighbourhood
+        window = tuple(slice(max(i - margin, 0), i + margin + 1) for i in index[2:])
+        expected[index] = len(np.unique(labels[index[:2]][window])) > 1
+    assert torch.equal(near_class_boundary(torch.from_numpy(labels), 3, margin), torch.from_numpy(expected))
+
+
+@pytest.mark.parametrize("option", ["dice", "dice_ce"])
+def test_margin_leaves_the_pixels_near_class_boundaries_unsupervised(option):
+    """Network b makes the pseudo label (a class-1 square); with margin 1, network a's loss is nnU-Net's Dice (+ CE)
+    masked to the pixels farther than one pixel from the square's edge, and gets no gradient within it."""
+    b = torch.full((1, 3, 12, 12), -5.0)
+    b[:, 0] = 5.0
+    b[0, 1, 3:8, 3:8] = 10.0
+    a = torch.randn(1, 3, 12, 12)
+    label = b.argmax(1, keepdim=True)
+    band = torch.zeros(1, 1, 12, 12, dtype=torch.bool)
+    band[..., 2:9, 2:9] = True
+    band[..., 4:7, 4:7] = False
+    scribbles = torch.full((1, 1, 12, 12), float(IGNORE))
+    loss = CrossSupervisionLoss(IGNORE, pce_weight=0.0, pseudo_label_loss=option, margin=1)
+    loss.draw_weights = lambda n, device: torch.tensor([0.0, 1.0])
+    logits = a.clone().requires_grad_(True)
+    value = loss({"a": logits, "b": b}, scribbles)["a"]
+    dice = MemoryEfficientSoftDiceLoss(softmax_helper_dim1, batch_dice=False, do_bg=True, smooth=1e-5)
+    expected = dice(a, label, loss_mask=~band)
+    if option == "dice_ce":
+        expected = expected + F.cross_entropy(a, label[:, 0].masked_fill(band[:, 0], -100))
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    gradient = torch.autograd.grad(value, logits)[0].abs().sum(1, keepdim=True)
+    assert gradient[band].max() == 0 and gradient[~band].min() > 0
+    with pytest.raises(ValueError, match="pseudo-label margin -1"):
+        CrossSupervisionLoss(IGNORE, margin=-1)
 
 
 def test_unknown_pseudo_label_options_are_refused():

@@ -32,6 +32,13 @@ by foreground far from the structures (on ACDC, step 8 of documentation/benchmar
 pixels from the heart amount to 0.9-2.4 x the true area, those nearer to 0.12-0.15 x), which a cleaned pseudo label
 marks as background; a soft Dice over the batch penalises such pixels only through its denominator, the cross-entropy
 each of them (step 9: far false positives 0.2-0.6 x, more pixels missed).
+
+``margin`` (our addition) leaves the pixels within ``margin`` of a class boundary of the pseudo label out of that
+comparison (nnU-Net's ignore label, for Dice and cross-entropy alike); the scribbles still supervise them. The
+boundaries are where the pseudo label is least reliable: on ACDC train crops (step 11) the mix misses 0.35 of the true
+foreground, 0.22 of it within 3 pixels of a structure's boundary, and a loss on every pixel makes each network copy
+the mix's boundaries. Left out, they lifted the ensemble by 0.01-0.05 Dice in three runs, through fewer false
+positives (far from the heart and the LV cavity labelled myocardium), not through fewer misses.
 """
 
 from __future__ import annotations
@@ -45,7 +52,6 @@ import torch.nn.functional as F
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
-from nnunetv2.utilities.helpers import softmax_helper_dim1
 from scipy import ndimage
 
 COMPONENTS = (None, "largest", "scribbled")  # CrossSupervisionLoss's ``components``
@@ -130,6 +136,15 @@ def keep_scribbled_components(labels: torch.Tensor, scribbles: torch.Tensor, num
     return keep_components(labels, num_classes, scribbled)
 
 
+def near_class_boundary(labels: torch.Tensor, num_classes: int, margin: int) -> torch.Tensor:
+    """Mask (b, 1, *spatial) of the pixels with another class within ``margin`` pixels (Chebyshev distance, 2D or 3D):
+    a band of width ``2 * margin`` around every class boundary."""
+    one_hot = F.one_hot(labels[:, 0].long(), num_classes).movedim(-1, 1).float()
+    pool = F.max_pool2d if labels.ndim == 4 else F.max_pool3d
+    present = pool(one_hot, 2 * margin + 1, stride=1, padding=margin)
+    return present.sum(1, keepdim=True) > 1
+
+
 class PartialCrossEntropy(RobustCrossEntropyLoss):
     """Cross-entropy over the pixels whose target is not ``ignore_index``; zero (with a graph, so DDP sees every
     parameter used) where a batch has no labeled pixel, instead of nnU-Net's NaN."""
@@ -146,26 +161,29 @@ class CrossSupervisionLoss(nn.Module):
 
     ``pseudo_label_scale`` multiplies ``pseudo_label_weight`` (the trainer's ramp-up sets it); ``components``
     (None, ``"largest"`` or ``"scribbled"``) cleans the pseudo label, ``pseudo_label_loss`` (``"dice"`` or
-    ``"dice_ce"``) is what compares a network with it (module docstring). After each call,
-    ``last_weights`` holds the drawn pseudo-label weights in the order of ``outputs``.
+    ``"dice_ce"``) is what compares a network with it, ``margin`` the pixels it leaves out (module docstring). After
+    each call, ``last_weights`` holds the drawn pseudo-label weights in the order of ``outputs``.
     """
 
     def __init__(self, ignore_label: int | None, pce_weight: float = 1.0, pseudo_label_weight: float = 1.0,
                  batch_dice: bool = False, ddp: bool = False, components: str | None = None,
-                 pseudo_label_loss: str = "dice"):
+                 pseudo_label_loss: str = "dice", margin: int = 0):
         super().__init__()
         if components not in COMPONENTS:
             raise ValueError(f"pseudo-label components {components!r}: expected one of {COMPONENTS}")
         if pseudo_label_loss not in PSEUDO_LABEL_LOSSES:
             raise ValueError(f"pseudo-label loss {pseudo_label_loss!r}: expected one of {PSEUDO_LABEL_LOSSES}")
         self.pce = PartialCrossEntropy(ignore_index=ignore_label if ignore_label is not None else -100)
+        if margin < 0:
+            raise ValueError(f"pseudo-label margin {margin}: expected a number of pixels >= 0")
         dice_kwargs = {"batch_dice": batch_dice, "do_bg": True, "smooth": 1e-5, "ddp": ddp}
-        self.pseudo_label_criterion: nn.Module = (
-            MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, **dice_kwargs) if pseudo_label_loss == "dice"
-            else DC_and_CE_loss(dice_kwargs, {}, dice_class=MemoryEfficientSoftDiceLoss))
+        # Dice alone is nnU-Net's Dice + CE without its CE term; the ignore label masks both terms in the margin
+        self.pseudo_label_criterion: nn.Module = DC_and_CE_loss(
+            dice_kwargs, {}, weight_ce=float(pseudo_label_loss == "dice_ce"), dice_class=MemoryEfficientSoftDiceLoss,
+            ignore_label=self.pce.ignore_index if margin else None)
         self.pce_weight, self.pseudo_label_weight = pce_weight, pseudo_label_weight
         self.pseudo_label_scale = 1.0
-        self.components = components
+        self.components, self.margin = components, margin
         self.last_weights: torch.Tensor | None = None
 
     def draw_weights(self, num_networks: int, device: torch.device) -> torch.Tensor:
@@ -198,9 +216,12 @@ class CrossSupervisionLoss(nn.Module):
             raise ValueError(f"the networks' full-resolution outputs differ in shape: "
                              f"{ {name: tuple(s[0].shape) for name, s in outputs.items()} }")
         self.last_weights = self.draw_weights(len(full), full[0].device)
+        num_classes = full[0].shape[1]
         labels = pseudo_label([x.float().softmax(1) for x in full], self.last_weights)
         if self.components == "largest":
-            return keep_largest_components(labels, full[0].shape[1])
-        if self.components == "scribbled":
-            return keep_scribbled_components(labels, scribbles, full[0].shape[1])
+            labels = keep_largest_components(labels, num_classes)
+        elif self.components == "scribbled":
+            labels = keep_scribbled_components(labels, scribbles, num_classes)
+        if self.margin:
+            labels = labels.masked_fill(near_class_boundary(labels, num_classes, self.margin), self.pce.ignore_index)
         return labels

@@ -95,6 +95,8 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
       :mod:`~nnunetv2_mamba.training.cross_supervision_loss`). None (the default) keeps it whole, as the paper does.
     - ``pseudo_label_loss``: ``"dice"`` (the default, the paper's) or ``"dice_ce"``, nnU-Net's Dice plus cross-entropy
       (our addition, same module).
+    - ``pseudo_label_margin``: pixels on each side of the pseudo label's class boundaries that it leaves unsupervised
+      (our addition, same module); 0 (the default, the paper's) supervises every pixel.
     - ``member_optimizers``: per member name, ``(optimizer, initial learning rate)`` with ``"sgd"`` (nnU-Net's) or
       ``"adamw"`` (nnU-Net's ``nnUNetTrainerAdam``), each with its own poly schedule; members not named keep nnU-Net's
       SGD at ``initial_lr``. Empty (the default, the paper's): one SGD for all three.
@@ -112,6 +114,7 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
     pseudo_label_rampup = 0.0
     pseudo_label_components: str | None = None
     pseudo_label_loss = "dice"
+    pseudo_label_margin = 0
     member_optimizers: dict[str, tuple[str, float]] = {}
     validate_networks_separately = True
     gradient_clip = 12.0  # per network, as nnU-Net clips its one network
@@ -181,7 +184,7 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
         return CrossSupervisionLoss(self.label_manager.ignore_label, self.pce_weight, self.pseudo_label_weight,
                                     batch_dice=self.configuration_manager.batch_dice, ddp=self.is_ddp,
                                     components=self.pseudo_label_components,
-                                    pseudo_label_loss=self.pseudo_label_loss)
+                                    pseudo_label_loss=self.pseudo_label_loss, margin=self.pseudo_label_margin)
 
     def configure_optimizers(self) -> tuple:
         if not self.member_optimizers:
