@@ -1,6 +1,7 @@
 """benchmarks/acdc_scribble.py at its smoke budget on real ACDC data (one patient per split), so that the benchmark
 cannot rot: every method trains, predicts a user's own test slices and lands in the table, the JSON and the plot; a
-second run resumes, i.e. trains nothing again."""
+second run resumes, i.e. trains nothing again. benchmarks/pseudo_label_quality.py then scores the pseudo labels of
+that WeakMamba training."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from nnunetv2_mamba.data.convert_h5 import convert_h5
 pytestmark = [pytest.mark.slow, pytest.mark.acdc]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "acdc_scribble.py"
+QUALITY_SCRIPT = SCRIPT.with_name("pseudo_label_quality.py")
 METHODS = {"nnU-Net (scribbles)", "WeakMamba ensemble", "WeakMamba cnn alone", "WeakMamba vit alone",
            "WeakMamba mamba alone", "nnU-Net (dense, upper bound)", "MambaUNet alone (scribbles)",
            "SwinUNet alone (scribbles)"}
@@ -76,8 +78,8 @@ def test_error_breakdown_splits_false_positives_by_their_distance_to_the_heart(t
         error_breakdown(tmp_path / "predictions", tmp_path / "references", [1, 2, 3])
 
 
-def run_benchmark(arguments: list[str]) -> str:
-    result = subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, timeout=600)
+def run_benchmark(arguments: list[str], script: Path = SCRIPT) -> str:
+    result = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     return result.stdout
 
@@ -110,6 +112,17 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
         kept = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
         assert np.array_equal(kept, largest_components(raw))
     assert table.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    quality = work / "pseudo_label_quality.json"
+    run_benchmark(["--budget", "smoke", "--work", str(work), "--crops", "4", "--margins", "1", "--out", str(quality)],
+                  QUALITY_SCRIPT)
+    rows = {row["pseudo label"]: row for row in json.loads(quality.read_text())["rows"]}
+    assert set(rows) == {"cnn alone", "vit alone", "mamba alone", "mix (random weights)",
+                         "mix (equal weights)", "true labels", "mix (random weights), margin 1"}
+    assert rows["true labels"]["mean Dice"] == 1 and rows["true labels"]["FN"] == rows["true labels"]["FP"] == 0
+    for row in rows.values():
+        assert row["FN"] == pytest.approx(row["FN <= 3 px"] + row["FN > 3 px"] + row["FN whole"], abs=2e-3), row
+    assert 0 < rows["mix (random weights), margin 1"]["left out"] < 1
 
     second = run_benchmark(arguments)
     assert "nnUNetv2_train" not in second and "nnUNetv2_predict" not in second and "convert ..." not in second
