@@ -40,11 +40,11 @@ reported beside them):
   iterations); 40 epochs x 25 iterations = 1000 iterations, 5 validation iterations per epoch; WeakMamba's token
   networks with embedding 48 and two blocks per level (the paper's depth), its pseudo-label weight ramped up over
   the first half of the epochs, its pseudo labels reduced to the components that hold a scribble of their class and
-  compared with nnU-Net's Dice + cross-entropy, its token networks trained with nnU-Net's AdamW (lr 1e-3) and its CNN
-  with nnU-Net's SGD (``_cpu`` in scribble_schedules); no mirroring, neither as augmentation nor at test time (test-time
-  mirroring would quadruple the prediction time). Planned from step times on 2 idle cores: an epoch of 25 steps
-  and 5 validation steps takes 10-11 s for the baseline and the dense bound and about 45 s for WeakMamba (its token
-  networks run the fused CPU scan)
+  compared with nnU-Net's Dice + cross-entropy except within one pixel of their class boundaries, its token networks
+  trained with nnU-Net's AdamW (lr 1e-3) and its CNN with nnU-Net's SGD (``_cpu`` in scribble_schedules); no
+  mirroring, neither as augmentation nor at test time (test-time mirroring would quadruple the prediction time).
+  Planned from step times on 2 idle cores: an epoch of 25 steps and 5 validation steps takes 10-11 s for the
+  baseline and the dense bound and about 45 s for WeakMamba (its token networks run the fused CPU scan)
   (``OMP_WAIT_POLICY=PASSIVE`` slows them about 1.4-1.8x on an idle machine and only pays on one shared with other
   jobs, where spinning OpenMP threads slow small ops 10-100x); prediction of one 2D slice takes about 0.2 s with a
   CNN and 0.9 s with WeakMamba's ensemble; conversion and preprocessing under 2 minutes.
@@ -150,6 +150,8 @@ class Budget:
                 + (f", pseudo labels reduced to their {self.weak_mamba.pseudo_label_components} components"
                    if self.weak_mamba.pseudo_label_components else "")
                 + f", pseudo-label loss {self.weak_mamba.pseudo_label_loss}"
+                + (f", pseudo labels unsupervised within {self.weak_mamba.pseudo_label_margin} px of class boundaries"
+                   if self.weak_mamba.pseudo_label_margin else "")
                 + "".join(f", {name} trained with {kind} (lr {lr:g})"
                           for name, (kind, lr) in self.weak_mamba.member_optimizers.items()))
 
