@@ -97,9 +97,8 @@ def main() -> None:
 
     from nnunetv2_mamba.demo import set_environment
     from nnunetv2_mamba.nets.network_ensemble import full_resolution
-    from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss, keep_largest_components,
-                                                                keep_scribbled_components, near_class_boundary,
-                                                                pseudo_label)
+    from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss, clean_pseudo_label,
+                                                                near_class_boundary, pseudo_label)
 
     budget = BUDGETS[args.budget]
     work = args.work.resolve()
@@ -131,10 +130,10 @@ def main() -> None:
                                          draw(len(members), torch.device("cpu"))) for i in range(args.crops)])
     equal_mix = pseudo_label(list(probabilities.values()), torch.ones(len(members)))
     scribbles = crops["scribble"]
-    clean = {None: lambda labels: labels,
-             "largest": lambda labels: keep_largest_components(labels, num_classes),
-             "scribbled": lambda labels: keep_scribbled_components(labels, scribbles, num_classes)
-             }[trainer.pseudo_label_components]
+
+    def clean(labels: torch.Tensor) -> torch.Tensor:
+        return clean_pseudo_label(labels, scribbles, num_classes, trainer.pseudo_label_components)
+
     cleaning = f", {trainer.pseudo_label_components} components" if trainer.pseudo_label_components else ""
     everywhere = torch.ones_like(scribbles, dtype=torch.bool)
     trained = clean(random_mix)  # what the trainer supervises with, before its margin

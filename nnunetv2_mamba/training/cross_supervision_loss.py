@@ -136,6 +136,16 @@ def keep_scribbled_components(labels: torch.Tensor, scribbles: torch.Tensor, num
     return keep_components(labels, num_classes, scribbled)
 
 
+def clean_pseudo_label(labels: torch.Tensor, scribbles: torch.Tensor, num_classes: int,
+                       components: str | None) -> torch.Tensor:
+    """``labels`` cleaned by the ``components`` rule of the module docstring (None: unchanged)."""
+    if components == "largest":
+        return keep_largest_components(labels, num_classes)
+    if components == "scribbled":
+        return keep_scribbled_components(labels, scribbles, num_classes)
+    return labels
+
+
 def near_class_boundary(labels: torch.Tensor, num_classes: int, margin: int) -> torch.Tensor:
     """Mask (b, 1, *spatial) of the pixels with another class within ``margin`` pixels (Chebyshev distance, 2D or 3D):
     a band of width ``2 * margin`` around every class boundary."""
@@ -217,11 +227,8 @@ class CrossSupervisionLoss(nn.Module):
                              f"{ {name: tuple(s[0].shape) for name, s in outputs.items()} }")
         self.last_weights = self.draw_weights(len(full), full[0].device)
         num_classes = full[0].shape[1]
-        labels = pseudo_label([x.float().softmax(1) for x in full], self.last_weights)
-        if self.components == "largest":
-            labels = keep_largest_components(labels, num_classes)
-        elif self.components == "scribbled":
-            labels = keep_scribbled_components(labels, scribbles, num_classes)
+        labels = clean_pseudo_label(pseudo_label([x.float().softmax(1) for x in full], self.last_weights),
+                                    scribbles, num_classes, self.components)
         if self.margin:
             labels = labels.masked_fill(near_class_boundary(labels, num_classes, self.margin), self.pce.ignore_index)
         return labels
