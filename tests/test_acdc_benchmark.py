@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from scipy import ndimage
 
 from nnunetv2_mamba.data.convert_h5 import convert_h5
@@ -78,6 +79,26 @@ def test_error_breakdown_splits_false_positives_by_their_distance_to_the_heart(t
         error_breakdown(tmp_path / "predictions", tmp_path / "references", [1, 2, 3])
 
 
+def test_pseudo_label_quality_splits_misses_by_depth_and_scores_the_supervised_pixels(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from pseudo_label_quality import score
+
+    truth, label = torch.zeros(1, 1, 12, 12, dtype=torch.long), torch.zeros(1, 1, 12, 12, dtype=torch.long)
+    truth[0, 0, 4:10, 4:10] = 1  # a 36-pixel structure ...
+    truth[0, 0, :2, :2] = 1  # ... and a 4-pixel one, not predicted at all
+    label[0, 0, 5:9, 5:10] = 1  # misses the structure's top and bottom rows and left column: 16 boundary pixels
+    label[0, 0, 11, 0] = 1  # one false positive
+    everywhere = torch.ones_like(truth, dtype=torch.bool)
+    assert score(label, truth, {1: "A"}, everywhere) == {
+        "A": round(40 / 61, 3), "mean Dice": round(40 / 61, 3), "FN": 0.5, "FN <= 3 px": 0.4, "FN > 3 px": 0.0,
+        "FN whole": 0.1, "FP": 0.025, "left out": 0.0}
+    supervised = everywhere.clone()
+    supervised[0, 0, 9] = False  # the bottom row (6 missed pixels) unsupervised
+    assert score(label, truth, {1: "A"}, supervised) == {
+        "A": round(40 / 55, 3), "mean Dice": round(40 / 55, 3), "FN": 0.35, "FN <= 3 px": 0.25, "FN > 3 px": 0.0,
+        "FN whole": 0.1, "FP": 0.025, "left out": 0.15}
+
+
 def run_benchmark(arguments: list[str], script: Path = SCRIPT) -> str:
     result = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
@@ -122,7 +143,7 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
     assert rows["true labels"]["mean Dice"] == 1 and rows["true labels"]["FN"] == rows["true labels"]["FP"] == 0
     for row in rows.values():
         assert row["FN"] == pytest.approx(row["FN <= 3 px"] + row["FN > 3 px"] + row["FN whole"], abs=2e-3), row
-    assert 0 < rows["mix (random weights), margin 1"]["left out"] < 1
+    assert 0 <= rows["mix (random weights), margin 1"]["left out"] <= 1  # 1 where an untrained mix is all boundary
 
     second = run_benchmark(arguments)
     assert "nnUNetv2_train" not in second and "nnUNetv2_predict" not in second and "convert ..." not in second
