@@ -147,6 +147,7 @@ class Budget:
                 f"validation iterations per epoch), mirroring {'on' if s.mirroring else 'off'}; WeakMamba token "
                 f"networks {json.dumps(tokens) if tokens else 'at paper size'}, pseudo-label weight ramped up over "
                 f"{self.weak_mamba.pseudo_label_rampup:.0%} of the epochs"
+                + (", scribbles kept in the pseudo labels" if self.weak_mamba.pseudo_label_keeps_scribbles else "")
                 + (f", pseudo labels reduced to their {self.weak_mamba.pseudo_label_components} components"
                    if self.weak_mamba.pseudo_label_components else "")
                 + f", pseudo-label loss {self.weak_mamba.pseudo_label_loss}"

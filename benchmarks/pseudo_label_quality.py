@@ -29,7 +29,8 @@ SHALLOW = 3  # pixels: a miss this close to the true boundary is a boundary erro
 
 def random_crops(work: Path, patch: list[int], count: int, seed: int) -> dict[str, torch.Tensor]:
     """``count`` crops of the train split's preprocessed images, scribbles and dense labels (zero-padded where a
-    slice is smaller than ``patch``): {"image", "scribble", "dense"}, each (count, channels, *patch)."""
+    slice is smaller than ``patch``; labels outside the image's nonzero region -1 -> 0, as nnU-Net's training
+    transforms do): {"image", "scribble", "dense"}, each (count, channels, *patch)."""
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
     def folder(dense: bool) -> Path:
@@ -43,6 +44,7 @@ def random_crops(work: Path, patch: list[int], count: int, seed: int) -> dict[st
     for key in rng.choice(keys, count):
         image, scribble = (np.asarray(a)[:, 0] for a in scribbled.load_case(key)[:2])
         truth = np.asarray(dense.load_case(key)[1])[:, 0]
+        scribble, truth = (np.maximum(labels, 0) for labels in (scribble, truth))
         corner = [rng.integers(0, max(n - p, 0) + 1) for n, p in zip(image.shape[1:], patch)]
         window = (slice(None),) + tuple(slice(c, c + p) for c, p in zip(corner, patch))
         for name, array in (("image", image), ("scribble", scribble), ("dense", truth)):
@@ -98,7 +100,7 @@ def main() -> None:
     from nnunetv2_mamba.demo import set_environment
     from nnunetv2_mamba.nets.network_ensemble import full_resolution
     from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss, clean_pseudo_label,
-                                                                near_class_boundary, pseudo_label)
+                                                                near_class_boundary, pseudo_label, with_scribbles)
 
     budget = BUDGETS[args.budget]
     work = args.work.resolve()
@@ -131,19 +133,24 @@ def main() -> None:
     equal_mix = pseudo_label(list(probabilities.values()), torch.ones(len(members)))
     scribbles = crops["scribble"]
 
-    def clean(labels: torch.Tensor) -> torch.Tensor:
+    def clean(labels: torch.Tensor, keep_scribbles: bool = False) -> torch.Tensor:
+        if keep_scribbles:
+            labels = with_scribbles(labels, scribbles, predictor.label_manager.ignore_label)
         return clean_pseudo_label(labels, scribbles, num_classes, trainer.pseudo_label_components)
 
     cleaning = f", {trainer.pseudo_label_components} components" if trainer.pseudo_label_components else ""
     everywhere = torch.ones_like(scribbles, dtype=torch.bool)
-    trained = clean(random_mix)  # what the trainer supervises with, before its margin
+    keeps = trainer.pseudo_label_keeps_scribbles
+    kept = {True: ", scribbles kept", False: ""}
+    trained = clean(random_mix, keeps)  # what the trainer supervises with, before its margin
     candidates: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
         **{f"{name} alone": (p.argmax(1, keepdim=True), everywhere) for name, p in probabilities.items()},
         "mix (random weights)": (random_mix, everywhere),
-        f"mix (random weights){cleaning}": (trained, everywhere),
+        f"mix (random weights){kept[keeps]}{cleaning}": (trained, everywhere),
+        f"mix (random weights){kept[not keeps]}{cleaning}": (clean(random_mix, not keeps), everywhere),
         f"mix (equal weights){cleaning}": (clean(equal_mix), everywhere),
         f"true labels{cleaning}": (clean(crops["dense"].long()), everywhere),
-        **{f"mix (random weights){cleaning}, margin {margin}":
+        **{f"mix (random weights){kept[keeps]}{cleaning}, margin {margin}":
            (trained, ~near_class_boundary(trained, num_classes, margin)) for margin in args.margins},
     }
     rows = [{"pseudo label": name, **score(labels, crops["dense"], classes, supervised)}

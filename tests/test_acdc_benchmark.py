@@ -139,7 +139,8 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
                   QUALITY_SCRIPT)
     rows = {row["pseudo label"]: row for row in json.loads(quality.read_text())["rows"]}
     assert set(rows) == {"cnn alone", "vit alone", "mamba alone", "mix (random weights)",
-                         "mix (equal weights)", "true labels", "mix (random weights), margin 1"}
+                         "mix (random weights), scribbles kept", "mix (equal weights)", "true labels",
+                         "mix (random weights), margin 1"}
     assert rows["true labels"]["mean Dice"] == 1 and rows["true labels"]["FN"] == rows["true labels"]["FP"] == 0
     for row in rows.values():
         assert row["FN"] == pytest.approx(row["FN <= 3 px"] + row["FN > 3 px"] + row["FN whole"], abs=2e-3), row

@@ -26,7 +26,8 @@ from nnunetv2_mamba.nets.network_ensemble import NetworkEnsemble, ensemble_log_p
 from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss, PartialCrossEntropy,
                                                             deep_supervision_weights, keep_largest_components,
                                                             keep_scribbled_components, match_targets,
-                                                            near_class_boundary, pseudo_label, resize_labels)
+                                                            near_class_boundary, pseudo_label, resize_labels,
+                                                            with_scribbles)
 from nnunetv2_mamba.training.dense_validation import DENSE_FOLDER, DenseValidationMixin
 from nnunetv2_mamba.training.member_optimizers import nnunet_optimizer
 from nnunetv2_mamba.training.nnUNetTrainerWeakMamba import MEMBER_ENVIRONMENT_VARIABLE, foreground_counts
@@ -239,6 +240,39 @@ def test_margin_leaves_the_pixels_near_class_boundaries_unsupervised(option):
     assert gradient[band].max() == 0 and gradient[~band].min() > 0
     with pytest.raises(ValueError, match="pseudo-label margin -1"):
         CrossSupervisionLoss(IGNORE, margin=-1)
+
+
+def test_with_scribbles_sets_the_scribbled_pixels_only():
+    labels = torch.tensor([[[[0, 1, 1], [2, 2, 0]]]])
+    scribbles = torch.tensor([[[[IGNORE, 0, IGNORE], [1, IGNORE, 2]]]]).float()  # nnU-Net's targets are floats
+    expected = torch.tensor([[[[0, 0, 1], [1, 2, 2]]]])
+    result = with_scribbles(labels, scribbles, IGNORE)
+    assert torch.equal(result, expected) and result.dtype == labels.dtype
+
+
+@pytest.mark.parametrize("keep_scribbles", [False, True])
+def test_kept_scribbles_seed_the_pseudo_label_before_the_component_rule(keep_scribbles):
+    """Network b alone makes the pseudo label: a class-1 blob next to (not on) the class-1 scribble, nothing of class
+    2 where class 2 is scribbled, class 1 on a background scribble. Without the scribbles the component rule clears
+    it all; with them the blob joins its scribble and is kept, class 2 keeps its scribble and the background
+    scribble stays background."""
+    b = torch.full((1, 3, 8, 8), -5.0)
+    b[:, 0] = 5.0
+    b[0, 1, 1:4, 1:4] = 10.0
+    scribbles = torch.full((1, 1, 8, 8), float(IGNORE))
+    scribbles[0, 0, 4, 4] = 1  # diagonal neighbour of the blob: one component with full connectivity
+    scribbles[0, 0, 6, 1:3] = 2
+    scribbles[0, 0, 2, 2] = 0
+    expected = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    if keep_scribbles:
+        expected[0, 0, 1:4, 1:4] = 1
+        expected[0, 0, 4, 4] = 1
+        expected[0, 0, 6, 1:3] = 2
+        expected[0, 0, 2, 2] = 0
+    loss = CrossSupervisionLoss(IGNORE, pce_weight=0.0, components="scribbled", keep_scribbles=keep_scribbles)
+    loss.draw_weights = lambda n, device: torch.tensor([0.0, 1.0])
+    a = torch.randn(1, 3, 8, 8)
+    assert loss({"a": a, "b": b}, scribbles)["a"].item() == pytest.approx(_dice(a, expected).item(), rel=1e-6)
 
 
 def test_unknown_pseudo_label_options_are_refused():

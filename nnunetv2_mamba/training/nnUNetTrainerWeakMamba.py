@@ -97,6 +97,8 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
       (our addition, same module).
     - ``pseudo_label_margin``: pixels on each side of the pseudo label's class boundaries that it leaves unsupervised
       (our addition, same module); 0 (the default, the paper's) supervises every pixel.
+    - ``pseudo_label_keeps_scribbles``: the pseudo label's scribbled pixels take their scribbled class before the
+      component rule (our addition, same module); False (the default, the paper's) leaves it as the networks mix it.
     - ``member_optimizers``: per member name, ``(optimizer, initial learning rate)`` with ``"sgd"`` (nnU-Net's) or
       ``"adamw"`` (nnU-Net's ``nnUNetTrainerAdam``), each with its own poly schedule; members not named keep nnU-Net's
       SGD at ``initial_lr``. Empty (the default, the paper's): one SGD for all three.
@@ -115,6 +117,7 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
     pseudo_label_components: str | None = None
     pseudo_label_loss = "dice"
     pseudo_label_margin = 0
+    pseudo_label_keeps_scribbles = False
     member_optimizers: dict[str, tuple[str, float]] = {}
     validate_networks_separately = True
     gradient_clip = 12.0  # per network, as nnU-Net clips its one network
@@ -184,7 +187,8 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
         return CrossSupervisionLoss(self.label_manager.ignore_label, self.pce_weight, self.pseudo_label_weight,
                                     batch_dice=self.configuration_manager.batch_dice, ddp=self.is_ddp,
                                     components=self.pseudo_label_components,
-                                    pseudo_label_loss=self.pseudo_label_loss, margin=self.pseudo_label_margin)
+                                    pseudo_label_loss=self.pseudo_label_loss, margin=self.pseudo_label_margin,
+                                    keep_scribbles=self.pseudo_label_keeps_scribbles)
 
     def configure_optimizers(self) -> tuple:
         if not self.member_optimizers:
