@@ -100,7 +100,7 @@ def main() -> None:
     from nnunetv2_mamba.demo import set_environment
     from nnunetv2_mamba.nets.network_ensemble import full_resolution
     from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss, clean_pseudo_label,
-                                                                near_class_boundary, pseudo_label, with_scribbles)
+                                                                near_class_boundary, pseudo_label)
 
     budget = BUDGETS[args.budget]
     work = args.work.resolve()
@@ -134,9 +134,8 @@ def main() -> None:
     scribbles = crops["scribble"]
 
     def clean(labels: torch.Tensor, keep_scribbles: bool = False) -> torch.Tensor:
-        if keep_scribbles:
-            labels = with_scribbles(labels, scribbles, predictor.label_manager.ignore_label)
-        return clean_pseudo_label(labels, scribbles, num_classes, trainer.pseudo_label_components)
+        return clean_pseudo_label(labels, scribbles, num_classes, trainer.pseudo_label_components, keep_scribbles,
+                                  predictor.label_manager.ignore_label)
 
     cleaning = f", {trainer.pseudo_label_components} components" if trainer.pseudo_label_components else ""
     everywhere = torch.ones_like(scribbles, dtype=torch.bool)

@@ -144,19 +144,22 @@ def keep_scribbled_components(labels: torch.Tensor, scribbles: torch.Tensor, num
     return keep_components(labels, num_classes, scribbled)
 
 
-def clean_pseudo_label(labels: torch.Tensor, scribbles: torch.Tensor, num_classes: int,
-                       components: str | None) -> torch.Tensor:
-    """``labels`` cleaned by the ``components`` rule of the module docstring (None: unchanged)."""
+def with_scribbles(labels: torch.Tensor, scribbles: torch.Tensor, ignore_label: int) -> torch.Tensor:
+    """``labels`` with every scribbled pixel (``scribbles`` not ``ignore_label``) set to its scribbled class."""
+    return torch.where(scribbles != ignore_label, scribbles.to(labels.dtype), labels)
+
+
+def clean_pseudo_label(labels: torch.Tensor, scribbles: torch.Tensor, num_classes: int, components: str | None,
+                       keep_scribbles: bool = False, ignore_label: int = -100) -> torch.Tensor:
+    """``labels`` with, if ``keep_scribbles``, the scribbles kept (:func:`with_scribbles`), then cleaned by the
+    ``components`` rule (None: not cleaned); the module docstring says why."""
+    if keep_scribbles:
+        labels = with_scribbles(labels, scribbles, ignore_label)
     if components == "largest":
         return keep_largest_components(labels, num_classes)
     if components == "scribbled":
         return keep_scribbled_components(labels, scribbles, num_classes)
     return labels
-
-
-def with_scribbles(labels: torch.Tensor, scribbles: torch.Tensor, ignore_label: int) -> torch.Tensor:
-    """``labels`` with every scribbled pixel (``scribbles`` not ``ignore_label``) set to its scribbled class."""
-    return torch.where(scribbles != ignore_label, scribbles.to(labels.dtype), labels)
 
 
 def near_class_boundary(labels: torch.Tensor, num_classes: int, margin: int) -> torch.Tensor:
@@ -241,10 +244,8 @@ class CrossSupervisionLoss(nn.Module):
                              f"{ {name: tuple(s[0].shape) for name, s in outputs.items()} }")
         self.last_weights = self.draw_weights(len(full), full[0].device)
         num_classes = full[0].shape[1]
-        labels = pseudo_label([x.float().softmax(1) for x in full], self.last_weights)
-        if self.keep_scribbles:
-            labels = with_scribbles(labels, scribbles, self.pce.ignore_index)
-        labels = clean_pseudo_label(labels, scribbles, num_classes, self.components)
+        labels = clean_pseudo_label(pseudo_label([x.float().softmax(1) for x in full], self.last_weights), scribbles,
+                                    num_classes, self.components, self.keep_scribbles, self.pce.ignore_index)
         if self.margin:
             labels = labels.masked_fill(near_class_boundary(labels, num_classes, self.margin), self.pce.ignore_index)
         return labels
