@@ -22,6 +22,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("predict-clicks", "nnunetv2_mamba.commands.predict_clicks"),
     ("preprocess-unlabeled", "nnunetv2_mamba.commands.preprocess_unlabeled"),
     ("remove-small-components", "nnunetv2_mamba.commands.remove_small_components"),
+    ("ensemble-weights", "nnunetv2_mamba.commands.ensemble_weights"),
+    ("ensemble", "nnunetv2_mamba.commands.ensemble"),
 ]
 
 

@@ -1,11 +1,12 @@
 """benchmarks/acdc_scribble.py at its smoke budget on real ACDC data (one patient per split), so that the benchmark
 cannot rot: every method trains, predicts a user's own test slices and lands in the table, the JSON and the plot; a
 second run resumes, i.e. trains nothing again. benchmarks/pseudo_label_quality.py then scores the pseudo labels of
-that WeakMamba training."""
+that WeakMamba training, and benchmarks/ensemble_weights.py cross-fits its member weights over the test patients."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,17 +24,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.acdc]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "acdc_scribble.py"
 QUALITY_SCRIPT = SCRIPT.with_name("pseudo_label_quality.py")
+WEIGHTS_SCRIPT = SCRIPT.with_name("ensemble_weights.py")
 METHODS = {"nnU-Net (scribbles)", "WeakMamba ensemble", "WeakMamba cnn alone", "WeakMamba vit alone",
            "WeakMamba mamba alone", "nnU-Net (dense, upper bound)", "MambaUNet alone (scribbles)",
            "SwinUNet alone (scribbles)"}
 
 
 def own_test_slices(acdc_dir: Path, folder: Path) -> tuple[Path, Path]:
-    """Four mid-ventricle slices of a val patient the smoke run does not use (it takes the first of each split), as
+    """Eight mid-ventricle slices of two val patients the smoke run does not use (it takes the first of each split), as
     a user would pass their own test patients: converted by convert-h5, the images and dense labels in two folders."""
     splits = json.loads((acdc_dir / "splits.json").read_text())
     raw = convert_h5(acdc_dir, folder / "raw", mode="2d",
-                     splits={"train": sorted(splits["train"])[:1], "test": sorted(splits["val"])[1:2]})
+                     splits={"train": sorted(splits["train"])[:1], "test": sorted(splits["val"])[1:3]})
     images, labels = folder / "images", folder / "labels"
     images.mkdir()
     labels.mkdir()
@@ -117,7 +119,7 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
     results = json.loads(table.with_suffix(".json").read_text())
     assert {row["method"] for row in results["results"]} == METHODS
     assert all(name in table.read_text() for name in METHODS)
-    assert results["test"]["cases"] == 4
+    assert results["test"]["cases"] == 8
     for row in results["results"]:
         for key in ("RV", "MYO", "LV", "mean Dice", "mean Dice, LCC"):
             assert 0 <= row[key] <= 1, (row["method"], key, row[key])
@@ -127,7 +129,7 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
                                       "MambaUNet alone (scribbles)", "SwinUNet alone (scribbles)"}
     assert len(results["curves"]["WeakMamba"]["mean_fg_dice_mamba"]) == 2  # one value per epoch, per member
     postprocessed = sorted((work / "smoke").glob("test-*/predictions/WeakMamba_ensemble__largest_component/*.nii.gz"))
-    assert len(postprocessed) == 4
+    assert len(postprocessed) == 8
     for file in postprocessed:
         raw = sitk.GetArrayFromImage(sitk.ReadImage(str(file.parent.with_name("WeakMamba_ensemble") / file.name)))
         kept = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
@@ -145,6 +147,19 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
     for row in rows.values():
         assert row["FN"] == pytest.approx(row["FN <= 3 px"] + row["FN > 3 px"] + row["FN whole"], abs=2e-3), row
     assert 0 <= rows["mix (random weights), margin 1"]["left out"] <= 1  # 1 where an untrained mix is all boundary
+
+    run_benchmark(["--budget", "smoke", "--work", str(work), "--test-images", str(images), "--test-labels", str(labels),
+                   "--step", "0.5"], WEIGHTS_SCRIPT)
+    (weights,) = (work / "smoke").glob("ensemble_weights_smoke_test-*.json")
+    weights = json.loads(weights.read_text())
+    assert [row["weights"] for row in weights["results"]] == ["equal weights", "cross-fitted",
+                                                              "chosen on the test patients"]
+    assert all(0 <= row["mean Dice"] <= 1 for row in weights["results"])
+    # the members' mean softmax is the ensemble up to where nnU-Net's sliding-window windows overlap
+    ensemble = next(row for row in results["results"] if row["method"] == "WeakMamba ensemble")
+    assert weights["results"][0]["mean Dice"] == pytest.approx(ensemble["mean Dice"], abs=0.005)
+    assert weights["members"] == ["cnn", "vit", "mamba"] and len(weights["groups"]) == 2
+    assert all(len(c["weights"]) == 3 and math.isclose(sum(c["weights"]), 1) for c in weights["chosen"])
 
     second = run_benchmark(arguments)
     assert "nnUNetv2_train" not in second and "nnUNetv2_predict" not in second and "convert ..." not in second

@@ -485,15 +485,15 @@ def test_final_validation_predicts_with_each_network_then_the_ensemble(nnunet_pa
         output = self.network.inference_output
         folder = Path(self.output_folder) / "validation"
         folder.mkdir()
-        (folder / "output.txt").write_text(output)
+        (folder / "output.txt").write_text(f"{output} {save_probabilities}")
         return {"foreground_mean": {"Dice": len(output)}}
 
     monkeypatch.setattr(DenseValidationMixin, "perform_actual_validation", validate)
-    assert trainer.perform_actual_validation() == {"foreground_mean": {"Dice": len("ensemble")}}
+    assert trainer.perform_actual_validation(True) == {"foreground_mean": {"Dice": len("ensemble")}}
     fold = Path(trainer.output_folder)
-    for name in ("cnn", "vit", "mamba"):
-        assert (fold / f"validation_{name}" / "output.txt").read_text() == name
-    assert (fold / "validation" / "output.txt").read_text() == "ensemble"
+    for name in ("cnn", "vit", "mamba"):  # --npz: every network's probabilities, for ensemble-weights
+        assert (fold / f"validation_{name}" / "output.txt").read_text() == f"{name} True"
+    assert (fold / "validation" / "output.txt").read_text() == "ensemble True"
     assert trainer.network.inference_output == "vit"  # the choice from the environment is restored
 
 

@@ -287,7 +287,8 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> dict | None:
         """nnU-Net's final validation with the ensemble into ``validation/`` (what nnU-Net's tools read), before it,
-        with ``validate_networks_separately``, with every network alone into ``validation_<name>/``. Returns the
+        with ``validate_networks_separately``, with every network alone into ``validation_<name>/``; with
+        ``--npz`` each saves its probabilities, which ``nnunetv2_mamba ensemble-weights`` reads. Returns the
         ensemble's dense-label metrics on rank 0 (None elsewhere or without dense labels)."""
         network = unwrap(self.network)
         chosen, results = network.inference_output, {}
@@ -296,7 +297,7 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
             for name in self.member_names if self.validate_networks_separately else []:
                 network.inference_output = name
                 self.print_to_log_file(f"Final validation of network {name!r} alone")
-                results[name] = super().perform_actual_validation(False)
+                results[name] = super().perform_actual_validation(save_probabilities)
                 if self.local_rank == 0:
                     target = validation.with_name(f"validation_{name}")
                     shutil.rmtree(target, ignore_errors=True)
