@@ -25,40 +25,31 @@ from acdc_scribble import (BUDGETS, CHECKPOINT, DATASETS, DEFAULT_WORK, FOLD, IM
                            test_set)
 
 
-def patient(case: str) -> str:
-    """ACDC's patient of a 2D case (``patient012_frame01_slice03`` -> ``patient012``)."""
-    return case.split("_")[0]
-
-
-def predict_probabilities(rows: list[Method], images: list[list[str]], folder: Path, log: Path,
-                          device: torch.device) -> dict[str, Path]:
-    """``folder/<row>/CASE.npz`` (nnU-Net's saved probabilities) for every row; rows already complete are kept.
-    nnU-Net's messages go to ``log``."""
+def predict_probabilities(members: list[Method], images: list[list[str]], folder: Path, log: Path,
+                          device: torch.device) -> list[Path]:
+    """``folder/<member>/CASE.npz`` (nnU-Net's saved probabilities) for each WeakMamba network alone (rows of one
+    training); members already complete are kept. nnU-Net's messages go to ``log``."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from nnunetv2_mamba.demo import output_to
-    from nnunetv2_mamba.nets.network_ensemble import ENSEMBLE, NetworkEnsemble
 
-    outputs = {row.name: folder / row.slug for row in rows}
-    for training in dict.fromkeys(row.training for row in rows):
-        todo = [row for row in rows if row.training == training
-                and len(list(outputs[row.name].glob("*.npz"))) < len(images)]
-        if not todo:
-            continue
+    outputs = [folder / row.slug for row in members]
+    todo = [(row, output) for row, output in zip(members, outputs) if len(list(output.glob("*.npz"))) < len(images)]
+    if todo:
         with open(log, "a") as stream, output_to(stream):
             predictor = nnUNetPredictor(device=device, perform_everything_on_device=device.type == "cuda",
                                         allow_tqdm=False)
-            predictor.initialize_from_trained_model_folder(str(training.model_folder), (FOLD,), CHECKPOINT)
-        for row in todo:
-            print(f"{row.name}: predicting {len(images)} cases with probabilities", flush=True)
-            if isinstance(predictor.network, NetworkEnsemble):
-                predictor.network.inference_output = row.member or ENSEMBLE
-            shutil.rmtree(outputs[row.name], ignore_errors=True)
-            outputs[row.name].mkdir(parents=True)
-            with open(log, "a") as stream, output_to(stream):
-                predictor.predict_from_files_sequential(
-                    images, [str(outputs[row.name] / Path(case[0]).name[:-len(IMAGE_SUFFIX)]) for case in images],
-                    save_probabilities=True)
+            predictor.initialize_from_trained_model_folder(str(members[0].training.model_folder), (FOLD,),
+                                                           CHECKPOINT)
+    for row, output in todo:
+        print(f"{row.name}: predicting {len(images)} cases with probabilities", flush=True)
+        predictor.network.inference_output = row.member
+        shutil.rmtree(output, ignore_errors=True)
+        output.mkdir(parents=True)
+        with open(log, "a") as stream, output_to(stream):
+            predictor.predict_from_files_sequential(
+                images, [str(output / Path(case[0]).name[:-len(IMAGE_SUFFIX)]) for case in images],
+                save_probabilities=True)
     return outputs
 
 
@@ -80,6 +71,7 @@ def main() -> None:
 
     from common import format_table, write_json
 
+    from nnunetv2_mamba.data.convert_h5 import patient_of
     from nnunetv2_mamba.demo import set_environment
     from nnunetv2_mamba.evaluation.metrics import evaluate_folders
     from nnunetv2_mamba.inference.ensemble_weights import (EnsembleWeights, choose_weights, ensemble_folders,
@@ -94,16 +86,15 @@ def main() -> None:
     rows = methods(budget, ablation=False)
     weak = next(row for row in rows if row.member is None and row.training.trainer == budget.weak_mamba.__name__)
     members = [row for row in rows if row.training == weak.training and row.member]
-    outputs = predict_probabilities(members, images, folder / test_name / "probabilities",
+    sources = predict_probabilities(members, images, folder / test_name / "probabilities",
                                     work / "logs" / "predict_probabilities.log", device)
-    sources = [outputs[m.name] for m in members]
     dataset_json = Path(os.environ["nnUNet_raw"]) / DATASETS[False] / "dataset.json"
     cases = sorted(Path(case[0]).name[:-len(IMAGE_SUFFIX)] for case in images)
-    patients = sorted({patient(case) for case in cases})
+    patients = sorted({patient_of(case) for case in cases})
     if len(patients) < args.folds:
         raise SystemExit(f"{labels}: {len(patients)} test patients ({', '.join(patients)}) cannot make "
                          f"{args.folds} groups: pass fewer --folds (2 or more) or more test patients")
-    groups = [[c for c in cases if patient(c) in patients[k::args.folds]] for k in range(args.folds)]
+    groups = [[c for c in cases if patient_of(c) in patients[k::args.folds]] for k in range(args.folds)]
 
     print(f"{weak.name}: choosing weights of {', '.join(m.member for m in members)}", flush=True)
     labelled = dict(zip(cases, labelled_cases(sources, labels, cases)))
@@ -125,7 +116,7 @@ def main() -> None:
                       **{c["name"]: c["mean"]["Dice"] for label, c in result["per_class"].items() if int(label) != 0},
                       "mean Dice": result["foreground_mean"]["Dice"], "HD95 (px)": result["foreground_mean"]["HD95"]})
     details = {"members": [m.member for m in members],
-               "groups": [sorted({patient(c) for c in group}) for group in groups],
+               "groups": [sorted({patient_of(c) for c in group}) for group in groups],
                "chosen": [{"weights": w.values, "dice": d} for w, d in chosen],
                "chosen on the test patients": {"weights": everyone[0].values, "dice": everyone[1]}}
     markdown = format_table(table, list(table[0]))

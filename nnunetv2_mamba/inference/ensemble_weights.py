@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunetv2_mamba.data.scribble_dataset import dataset_reader_writer
+
 
 @dataclass(frozen=True)
 class EnsembleWeights:
@@ -153,12 +155,6 @@ def folder_json(folder: Path, name: str) -> dict:
                             f"(and a training's validation folder reads its model folder's)")
 
 
-def _reader_writer(folder: Path):
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    return PlansManager(folder_json(folder, "plans.json")).image_reader_writer_class()
-
-
 def load_probabilities(folders: Sequence[Path], case: str) -> list[np.ndarray]:
     """Every folder's probabilities of ``case`` (classes x spatial)."""
     return [np.load(Path(f) / f"{case}.npz")["probabilities"] for f in folders]
@@ -171,14 +167,17 @@ def labelled_cases(folders: Sequence[Path], references: Path, cases: Sequence[st
     :func:`choose_weights`."""
     folders, references = [Path(f) for f in folders], Path(references)
     cases = list(cases) if cases is not None else common_cases(folders)
-    ending = folder_json(folders[0], "dataset.json")["file_ending"]
-    reader_writer = _reader_writer(folders[0])
-    labelled = []
-    for case in cases:
-        reference = references / f"{case}{ending}"
+    dataset_json = folder_json(folders[0], "dataset.json")
+    files = {case: references / f"{case}{dataset_json['file_ending']}" for case in cases}
+    if not files:
+        raise ValueError("no cases to choose ensemble weights on")
+    for reference in files.values():
         if not reference.is_file():
             raise FileNotFoundError(f"{reference} does not exist: every case that chooses the weights needs its "
                                     f"dense label")
+    reader_writer = dataset_reader_writer(dataset_json, str(next(iter(files.values()))))  # as evaluate_folders reads
+    labelled = []
+    for case, reference in files.items():
         label = reader_writer.read_seg(str(reference))[0][0]
         probabilities = load_probabilities(folders, case)
         if label.shape != probabilities[0].shape[1:]:
