@@ -1,63 +1,49 @@
 """ACDC with real scribbles: stock nnU-Net, Weak-Mamba-UNet and the dense upper bound under one protocol.
 
-One command, resumable (a re-run skips the conversion, the preprocessing, every training whose checkpoint_final.pth
-exists and every evaluation whose JSON exists):
+One command, resumable: a re-run skips the conversion, the preprocessing, every training whose checkpoint_final.pth
+exists (an interrupted one resumes from its latest checkpoint) and every evaluation whose JSON exists.
 
-1. data: the WSL4MIS HDF5 volumes (default ``../shared/data/acdc_scribble``) are converted by our converter
-   (``convert_h5``, ``--mode 2d``: one case per slice, the folder's ``splits.json`` as nnU-Net's fold 0) into a
-   scribble dataset (scribbles with nnU-Net's ignore label in labelsTr, dense labels in labelsTr_dense), and a dense
-   twin with the same images and split whose labelsTr are the dense labels. nnU-Net plans and preprocesses each once
-   (``2d`` configuration).
-2. methods, all trained on fold 0 (the 70 train patients) at the same iteration budget, with the same plans (patch,
-   batch, network topology) and schedule, on the same preprocessed images:
+1. Data: the WSL4MIS HDF5 volumes (``--data``, default ``../shared/data/acdc_scribble``) converted by ``convert_h5
+   --mode 2d`` (one case per slice) with ``--splits`` (default the folder's ``splits_heldout.json``: train 60 / val 10
+   / test 10 patients): train and val patients become nnU-Net's fold 0 (scribbles in labelsTr, dense labels in
+   labelsTr_dense), test patients go to imagesTs / labelsTs. A dense twin with the same images and split trains the
+   upper bound. nnU-Net plans and preprocesses each once (``2d``).
+2. Methods, each trained on the train patients with the same plans and schedule (the ``_<budget>`` variants of
+   :mod:`nnunetv2_mamba.training.scribble_schedules`), once per seed (``--seeds``):
 
-   - ``nnUNetTrainerScribbleBaseline``: stock nnU-Net on the scribbles (partial Dice + CE through the ignore label),
-     validated against the dense labels;
-   - ``nnUNetTrainerWeakMamba``: CNN + SwinUNet + MambaUNet with cross pseudo-label supervision, predicted with the
-     ensemble and with each network alone (``NetworkEnsemble.inference_output``, as ``nnUNet_ensemble_member``);
+   - ``nnUNetTrainerScribbleBaseline``: stock nnU-Net on the scribbles (partial Dice + CE through the ignore label);
+   - the same for as many iterations as fit in WeakMamba's training wall-clock of the same seed ("equal wall-clock"):
+     WeakMamba trains three networks, so equal iterations are not equal compute;
+   - ``nnUNetTrainerWeakMamba`` (the default configuration), predicted with the ensemble and with each network alone;
+     with ``--paper``, also ``nnUNetTrainerWeakMambaPaper`` (the paper's configuration);
    - ``nnUNetTrainerDense``: stock ``nnUNetTrainer`` on the dense labels, the upper bound;
-   - with ``--ablation``: MambaUNet alone and SwinUNet alone on the scribbles (baseline trainer, plans of
-     ``nnunetv2_mamba plans -a ARCH``), each the same network as its WeakMamba member.
+   - with ``--ablation``: MambaUNet alone and SwinUNet alone on the scribbles (plans of ``nnunetv2_mamba plans -a``).
 
-   The schedules are the ``_<budget>`` variants of :mod:`nnunetv2_mamba.training.scribble_schedules`.
-3. model selection on the val split only: ``checkpoint_best.pth``, which nnU-Net picks by its online validation
-   Dice, here computed on dense patches of the val patients (``DenseValidationMixin``); no other choice is made.
-4. test: prediction (``nnUNetPredictor``) of ``--test-images`` and evaluation against ``--test-labels`` with
-   ``evaluate_folders`` (Dice per class and foreground mean, HD95, ASD; distances in pixels, as the files store no
-   spacing). Default: the val patients' slices with their dense labels, which also selected the checkpoint, so these
-   numbers are optimistic; a user with the full ACDC passes the 20 held-out patients, converted to 2D slices.
-   Every method is also scored after nnU-Net's largest-component post-processing (per class, the same for all, not
-   tuned): the "LCC" columns.
+   Every training runs in its own process, seeded, with ``OMP_WAIT_POLICY=PASSIVE`` unless set (busy-waiting OpenMP
+   threads slow a training several-fold when another job shares the cores).
+3. Selection on val only: ``checkpoint_best.pth``, which nnU-Net picks by its online validation Dice on dense patches
+   of the val patients (``DenseValidationMixin``).
+4. Test: the test patients' slices predicted (``nnUNetPredictor``), stacked back into volumes and scored per volume
+   as the literature does (WSL4MIS, Weak-Mamba-UNet): Dice per class and mean, HD95 and ASD in mm at the converter's
+   stated spacing, means over volumes; per-slice Dice and the largest-component post-processed Dice as secondary
+   columns. ``--test-images/--test-labels`` score other 2D slices (named ``<volume>_slice<NN>``) instead; ``--on val``
+   scores the val patients, for method decisions. Tables give mean ± sd over the seeds.
 
-Budgets (every reduction applies identically to every method; iterations are the budget, wall-clock seconds are
-reported beside them):
+Budgets (every reduction applies identically to every method):
 
-- ``smoke``: the CI check that the pipeline runs (seconds per training): 2 x 2 iterations, patch 128 x 128, batch 2,
-  features / 16, tiny token networks (embedding 12), no mirroring. Its Dice values mean nothing.
-- ``cpu``: about 55 minutes on 2 idle CPU cores for the three required methods together. nnU-Net's 2d plans with
-  patch 128 x 128 (the 6 stages nnU-Net plans for it; the full plans have 256 x 224), batch 8, features / 2
-  (16 ... 256; at features / 4 stock nnU-Net on the dense labels predicted background only for 550 of its 1000
-  iterations); 40 epochs x 25 iterations = 1000 iterations, 5 validation iterations per epoch; WeakMamba's token
-  networks with embedding 48 and two blocks per level (the paper's depth), its pseudo-label weight ramped up over
-  the first half of the epochs, its pseudo labels reduced to the components that hold a scribble of their class and
-  compared with nnU-Net's Dice + cross-entropy except within one pixel of their class boundaries, its token networks
-  trained with nnU-Net's AdamW (lr 1e-3) and its CNN with nnU-Net's SGD (``_cpu`` in scribble_schedules); no
-  mirroring, neither as augmentation nor at test time (test-time mirroring would quadruple the prediction time).
-  Planned from step times on 2 idle cores: an epoch of 25 steps and 5 validation steps takes 10-11 s for the
-  baseline and the dense bound and about 45 s for WeakMamba (its token networks run the fused CPU scan)
-  (``OMP_WAIT_POLICY=PASSIVE`` slows them about 1.4-1.8x on an idle machine and only pays on one shared with other
-  jobs, where spinning OpenMP threads slow small ops 10-100x); prediction of one 2D slice takes about 0.2 s with a
-  CNN and 0.9 s with WeakMamba's ensemble; conversion and preprocessing under 2 minutes.
-- ``paper``: nnU-Net's plans unchanged and the paper's 30k iterations (120 epochs x 250), full-size token networks,
-  mirroring: for a GPU.
+- ``smoke``: the CI check that the pipeline runs: 2 x 2 iterations, patch 128 x 128, batch 2, features / 16, tiny
+  token networks. Its numbers mean nothing.
+- ``cpu``: 1000 iterations (40 epochs x 25, 5 validation iterations each), patch 128 x 128 with the stages nnU-Net
+  plans for it, batch 8, features / 2, token networks 48 wide with two blocks per level, no mirroring: about 75 minutes
+  per seed on 2 CPU cores.
+- ``paper``: nnU-Net's plans unchanged and the paper's 30k iterations, full-size token networks, mirroring: a GPU.
 
-Outputs in ``<work>/<budget>/``: ``acdc_scribble_<budget>_<test>.md`` (the table), ``.json`` (everything, with the
-training curves) and ``.png`` (Dice per class per method; online validation Dice and training loss per iteration
-from the checkpoints' logging), where ``<test>`` is ``val`` or ``test-<hash of --test-images>``; the predictions and
-per-case metrics in ``<work>/<budget>/<test>/``; nnU-Net's logs in ``<work>/logs``.
+Outputs in ``<work>/<budget>/``: ``acdc_scribble_<budget>_<test>.md`` (the table), ``.json`` (the rows, every seed's
+evaluations and training curves) and ``.png``; per seed, the models in ``seed<N>/nnUNet_results*``, predictions and
+evaluations in ``<test>/seed<N>/``; nnU-Net's logs in ``<work>/logs``.
 
-    python benchmarks/acdc_scribble.py --budget cpu [--ablation] [--data DIR] [--work DIR]
-        [--test-images DIR --test-labels DIR] [--patients N] [--device cpu|cuda]
+    python benchmarks/acdc_scribble.py --budget cpu [--seeds 0 1 2] [--paper] [--ablation] [--data DIR]
+        [--splits FILE] [--work DIR] [--on test|val] [--test-images DIR --test-labels DIR] [--patients N]
 """
 
 from __future__ import annotations
@@ -65,14 +51,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
+import multiprocessing
 import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -80,10 +68,11 @@ if TYPE_CHECKING:
 
     from nnunetv2_mamba.training.short_schedules import Schedule
 
-# Only the standard library at module level: nnU-Net's preprocessing workers are spawned processes that import this
-# module again, and importing torch, nnU-Net and our package would cost each of them seconds.
+# Only the standard library at module level: nnU-Net's preprocessing workers and our training processes are spawned
+# processes that import this module again, and importing torch, nnU-Net and our package would cost each seconds.
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "acdc_scribble"
+DEFAULT_SPLITS = "splits_heldout.json"  # in --data
 DEFAULT_WORK = HERE / "results" / "acdc_scribble"  # in benchmarks/common.py's RESULTS_DIR
 DATASET_IDS = {False: 27, True: 28}  # by `dense`: the scribble dataset and its dense twin (the work folder's own)
 DATASETS = {False: "Dataset027_ACDCScribble2D", True: "Dataset028_ACDCDense2D"}
@@ -92,6 +81,7 @@ CHECKPOINT = "checkpoint_best.pth"  # selected on the val split by nnU-Net's onl
 IMAGE_SUFFIX = "_0000.nii.gz"  # the converter's single channel and file ending
 ABLATION = ("MambaUNet", "SwinUNet")
 POSTPROCESSED = "__largest_component"  # suffix of the post-processed predictions and evaluations
+VOLUME = "__volume"  # suffix of the per-volume evaluations
 MIN_FEATURE_MAP = 4  # nnU-Net's planner: UNet_featuremap_min_edge_length
 NEAR = 10  # pixels: a false positive this close to the true structures is a boundary error, farther a false blob
 Say = Callable[[str], None]  # progress output
@@ -145,16 +135,7 @@ class Budget:
                 f"{', '.join(e for e in edits if e) or 'unchanged'}; {s.epochs} epochs x {s.iterations_per_epoch} "
                 f"iterations = {s.epochs * s.iterations_per_epoch} iterations ({s.val_iterations_per_epoch} "
                 f"validation iterations per epoch), mirroring {'on' if s.mirroring else 'off'}; WeakMamba token "
-                f"networks {json.dumps(tokens) if tokens else 'at paper size'}, pseudo-label weight ramped up over "
-                f"{self.weak_mamba.pseudo_label_rampup:.0%} of the epochs"
-                + (", scribbles kept in the pseudo labels" if self.weak_mamba.pseudo_label_keeps_scribbles else "")
-                + (f", pseudo labels reduced to their {self.weak_mamba.pseudo_label_components} components"
-                   if self.weak_mamba.pseudo_label_components else "")
-                + f", pseudo-label loss {self.weak_mamba.pseudo_label_loss}"
-                + (f", pseudo labels unsupervised within {self.weak_mamba.pseudo_label_margin} px of class boundaries"
-                   if self.weak_mamba.pseudo_label_margin else "")
-                + "".join(f", {name} trained with {kind} (lr {lr:g})"
-                          for name, (kind, lr) in self.weak_mamba.member_optimizers.items()))
+                f"networks {json.dumps(tokens) if tokens else 'at paper size'}")
 
 
 BUDGETS = {"smoke": Budget("smoke", (128, 128), 2, 16),
@@ -163,18 +144,27 @@ BUDGETS = {"smoke": Budget("smoke", (128, 128), 2, 16),
 
 
 class Training(NamedTuple):
-    """One nnU-Net training."""
+    """One nnU-Net training; ``equal_time`` trains as many iterations as WeakMamba's training took wall-clock."""
 
     trainer: str
     plans: str
     dense: bool = False
-    configuration: str = CONFIGURATION
+    equal_time: bool = False
+
+    def results(self, seed_folder: Path) -> Path:
+        """This training's nnUNet_results folder for one seed."""
+        return seed_folder / ("nnUNet_results_equal_time" if self.equal_time else "nnUNet_results")
+
+    def model_folder(self, seed_folder: Path) -> Path:
+        """nnU-Net's model folder (``get_output_folder``'s layout) of this training for one seed."""
+        from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
+        return (self.results(seed_folder) / DATASETS[self.dense]
+                / convert_trainer_plans_config_to_identifier(self.trainer, self.plans, CONFIGURATION))
 
     @property
-    def model_folder(self) -> Path:
-        from nnunetv2.utilities.file_path_utilities import get_output_folder
-
-        return Path(get_output_folder(DATASETS[self.dense], self.trainer, self.plans, self.configuration))
+    def slug(self) -> str:
+        return f"{self.trainer}__{self.plans}" + ("__equal_time" if self.equal_time else "")
 
 
 class Method(NamedTuple):
@@ -189,14 +179,19 @@ class Method(NamedTuple):
         return "".join(c if c.isalnum() else "_" for c in self.name).strip("_")
 
 
-def methods(budget: Budget, ablation: bool) -> list[Method]:
-    """The table's rows, in order."""
+def methods(budget: Budget, ablation: bool, paper: bool = False) -> list[Method]:
+    """The table's rows, in order: WeakMamba first (the equal wall-clock baseline needs its training time)."""
     suffix = f"_{budget.name}"
     baseline = Training(f"nnUNetTrainerScribbleBaseline{suffix}", budget.plans)
     weak = Training(f"nnUNetTrainerWeakMamba{suffix}", budget.plans)
-    rows = [Method("nnU-Net (scribbles)", baseline), Method("WeakMamba ensemble", weak)]
+    rows = [Method("WeakMamba ensemble", weak)]
     rows += [Method(f"WeakMamba {member} alone", weak, member) for member in weak_mamba_members()]
-    rows.append(Method("nnU-Net (dense, upper bound)", Training(f"nnUNetTrainerDense{suffix}", budget.plans, True)))
+    if paper:
+        rows.append(Method("WeakMamba (paper's configuration) ensemble",
+                           Training(f"nnUNetTrainerWeakMambaPaper{suffix}", budget.plans)))
+    rows += [Method("nnU-Net (scribbles)", baseline),
+             Method("nnU-Net (scribbles), equal wall-clock", baseline._replace(equal_time=True)),
+             Method("nnU-Net (dense, upper bound)", Training(f"nnUNetTrainerDense{suffix}", budget.plans, True))]
     if ablation:
         rows += [Method(f"{arch} alone (scribbles)", baseline._replace(plans=f"{budget.plans}_{arch}"))
                  for arch in ABLATION]
@@ -205,9 +200,11 @@ def methods(budget: Budget, ablation: bool) -> list[Method]:
 
 # ---------------------------------------------------------------------------------------------------- preparation
 
-def select_patients(data: Path, patients: int | None) -> dict[str, list[str]]:
-    """The folder's splits.json, or its first ``patients`` patients of every split (quick runs)."""
-    splits = json.loads((data / "splits.json").read_text())
+def select_patients(splits_file: Path, patients: int | None) -> dict[str, list[str]]:
+    """The splits file's patients per split (``train``, ``val``, ``test``), or the first ``patients`` of each."""
+    from nnunetv2_mamba.data.convert_h5 import read_splits
+
+    splits = read_splits(splits_file)
     return {name: sorted(ids)[:patients] if patients else sorted(ids) for name, ids in splits.items()}
 
 
@@ -249,7 +246,8 @@ def plan_and_preprocess(dense: bool, processes: int) -> None:
                show_progress_bar=False)
 
 
-def prepare(data: Path, work: Path, patients: int | None, processes: int, say: Say) -> dict[str, float]:
+def prepare(data: Path, splits_file: Path, work: Path, patients: int | None, processes: int,
+            say: Say) -> dict[str, float]:
     """Convert, derive the dense twin, plan and preprocess both, each step once; returns the seconds each step took
     when it ran (kept in ``preparation.json``, which marks the steps done)."""
     from nnunetv2_mamba.data.convert_h5 import convert_h5
@@ -257,10 +255,10 @@ def prepare(data: Path, work: Path, patients: int | None, processes: int, say: S
 
     record = work / "preparation.json"
     done = json.loads(record.read_text()) if record.is_file() else {}
-    source = {"data": str(data.resolve()), "splits": select_patients(data, patients)}
+    source = {"data": str(data.resolve()), "splits": select_patients(splits_file, patients)}
     if done.get("source", source) != source:
         sys.exit(f"{work} holds a conversion of other data or patients ({done['source']['data']}, "
-                 f"{sum(map(len, done['source']['splits'].values()))} patients); use another --work")
+                 f"{ {k: len(v) for k, v in done['source']['splits'].items()} } patients); use another --work")
     done["source"] = source
     raw = Path(os.environ["nnUNet_raw"])
     steps = {"convert": partial(convert_h5, data, raw / DATASETS[False], mode="2d", splits=source["splits"],
@@ -344,64 +342,131 @@ def write_budget_plans(budget: Budget, ablation: bool) -> None:
 
 # --------------------------------------------------------------------------------------- training and evaluation
 
-def run_training(training: Training, folder: Path, device: torch.device, say: Say) -> dict[str, Any]:
-    """``nnUNetv2_train --c`` in this process unless checkpoint_final.pth exists (an interrupted training resumes from
-    its latest checkpoint); returns the cost record (iterations and wall-clock seconds of this run, the epoch it
-    resumed at, median seconds of a training step, parameters), kept in ``folder/training``. On a CPU the
-    augmentation runs in this process, as the demo does (worker processes would compete for the same cores); on a
-    GPU nnU-Net's worker processes feed it."""
+def epoch_seconds(checkpoint: Path) -> list[float]:
+    """Wall-clock seconds of each epoch of a training (its training and online validation iterations) from nnU-Net's
+    logging in its checkpoint: complete across resumed runs, without start-up and final validation."""
+    import torch
+
+    logging = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    return [end - start for start, end in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
+
+
+def train_process(training: Training, seed: int, epochs: int | None, device: str, log_file: str,
+                  record_file: str) -> None:
+    """One training (``nnUNetv2_train --c``) in a spawned process whose environment names the seed's nnUNet_results:
+    seeded, ``epochs`` (None: the schedule's), on a CPU with the augmentation in this process as the demo does
+    (worker processes would compete for the same cores); writes the cost record to ``record_file``."""
+    import random
     import statistics
 
+    import numpy as np
+    import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
     from nnunetv2_mamba.demo import output_to, run_timed_training
 
-    record = folder / "training" / f"{training.trainer}__{training.plans}.json"
-    if (training.model_folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file():
-        return json.loads(record.read_text()) if record.is_file() else {}
-    dataset_id = DATASET_IDS[training.dense]
-    say(f"nnUNetv2_train {dataset_id} {training.configuration} {FOLD} -tr {training.trainer} -p {training.plans}")
-    if device.type == "cpu":
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device == "cpu":
         os.environ["nnUNet_n_proc_DA"] = "0"
-    started = time.perf_counter()
-    with open(folder.parent / "logs" / f"train_{training.trainer}__{training.plans}.log", "w") as log, \
-            output_to(log):
-        trainer = get_trainer_from_args(str(dataset_id), training.configuration, FOLD, training.trainer,
-                                        training.plans, device=device)
+    with open(log_file, "a") as log, output_to(log):
+        trainer = get_trainer_from_args(str(DATASET_IDS[training.dense]), CONFIGURATION, FOLD, training.trainer,
+                                        training.plans, device=torch.device(device))
+        if epochs is not None:
+            trainer.num_epochs = epochs
         maybe_load_checkpoint(trainer, continue_training=True, validation_only=False)
         resumed_at = trainer.current_epoch
         steps = run_timed_training(trainer)
-    result = {"iterations": len(steps), "seconds": time.perf_counter() - started, "resumed_at_epoch": resumed_at,
-              "seconds_per_iteration": statistics.median(steps[1:] or steps),
+    epochs_seconds = epoch_seconds(Path(trainer.output_folder) / "checkpoint_final.pth")
+    record = {"seed": seed, "epochs": trainer.num_epochs,
+              "iterations": trainer.num_epochs * trainer.num_iterations_per_epoch, "seconds": sum(epochs_seconds),
+              "epoch_seconds_median": statistics.median(epochs_seconds), "resumed_at_epoch": resumed_at,
+              "seconds_per_iteration": statistics.median(steps[1:] or steps) if steps else None,
               "params": sum(p.numel() for p in trainer.network.parameters())}
+    Path(record_file).write_text(json.dumps(record, indent=1))
+
+
+def run_training(training: Training, seed: int, seed_folder: Path, logs: Path, device: torch.device,
+                 epochs: int | None, say: Say) -> dict[str, Any]:
+    """Train unless checkpoint_final.pth exists; returns the cost record (iterations, training wall-clock seconds,
+    median seconds of a training step, parameters), kept in ``seed_folder/training``."""
+    record = seed_folder / "training" / f"{training.slug}.json"
+    if (training.model_folder(seed_folder) / f"fold_{FOLD}" / "checkpoint_final.pth").is_file() and record.is_file():
+        return json.loads(record.read_text())
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(result, indent=1))
-    say(f"  {result['iterations']} iterations in {result['seconds']:.0f} s (a training step "
-        f"{result['seconds_per_iteration']:.2f} s)")
+    say(f"seed {seed}: nnUNetv2_train {DATASET_IDS[training.dense]} {CONFIGURATION} {FOLD} -tr {training.trainer} "
+        f"-p {training.plans}" + (f" ({epochs} epochs: equal wall-clock)" if epochs else ""))
+    os.environ["nnUNet_results"] = str(training.results(seed_folder))  # the spawned process inherits it
+    os.makedirs(os.environ["nnUNet_results"], exist_ok=True)
+    log = logs / f"train_seed{seed}_{training.slug}.log"
+    process = multiprocessing.get_context("spawn").Process(
+        target=train_process, args=(training, seed, epochs, device.type, str(log), str(record)))
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        sys.exit(f"training {training.slug} (seed {seed}) failed with exit code {process.exitcode}; see {log}")
+    result = json.loads(record.read_text())
+    say(f"  {result['iterations']} iterations, {result['seconds']:.0f} s of training (a step "
+        f"{result['seconds_per_iteration'] or float('nan'):.2f} s)")
     return result
 
 
-def test_set(test_images: Path | None, test_labels: Path | None) -> tuple[str, list[list[str]], Path]:
-    """(name, image files per case, reference folder) of the test set: ``--test-images``/``--test-labels``, or the
-    val patients' slices of fold 0 with their dense labels."""
+def equal_time_epochs(weak_mamba: dict[str, Any], baseline: dict[str, Any]) -> int:
+    """Epochs of the baseline that take as long as WeakMamba's training did: WeakMamba's epochs times the ratio of the
+    two trainings' median epoch wall-clock (the same machine, the same seed's run; the median leaves out the first
+    epoch's one-off costs, such as compiling the fused CPU scan on a new machine)."""
+    return max(1, round(weak_mamba["epochs"] * weak_mamba["epoch_seconds_median"]
+                        / baseline["epoch_seconds_median"]))
+
+
+def train_seed(rows: list[Method], seed: int, seed_folder: Path, logs: Path, device: torch.device,
+               say: Say) -> dict[Training, dict[str, Any]]:
+    """Every training of one seed, WeakMamba's before the equal wall-clock baseline, whose epochs are fixed once
+    (``seed_folder/equal_time.json``) so that a resumed run trains the same."""
+    timings: dict[Training, dict[str, Any]] = {}
+    for training in dict.fromkeys(row.training for row in rows):
+        epochs = None
+        if training.equal_time:
+            chosen = seed_folder / "equal_time.json"
+            if not chosen.is_file():
+                weak = next(t for t in timings if t.trainer.startswith("nnUNetTrainerWeakMamba_"))
+                base = training._replace(equal_time=False)
+                timings.setdefault(base, run_training(base, seed, seed_folder, logs, device, None, say))
+                chosen.write_text(json.dumps({"epochs": equal_time_epochs(timings[weak], timings[base]),
+                                              "weak_mamba": timings[weak], "baseline": timings[base]}, indent=1))
+            epochs = json.loads(chosen.read_text())["epochs"]
+        timings[training] = run_training(training, seed, seed_folder, logs, device, epochs, say)
+    return timings
+
+
+def test_set(on: str, test_images: Path | None, test_labels: Path | None) -> tuple[str, list[list[str]], Path]:
+    """(name, image files per case, reference folder) of the scored set: ``--test-images``/``--test-labels``, the
+    converted test patients (``imagesTs``/``labelsTs``) or the val patients' slices with their dense labels."""
     from nnunetv2_mamba.data.scribble_dataset import DENSE_LABELS_TR
 
+    raw = Path(os.environ["nnUNet_raw"]) / DATASETS[False]
     if test_images:
         cases = sorted(str(p) for p in test_images.resolve().glob(f"*{IMAGE_SUFFIX}"))
         if not cases:
             sys.exit(f"{test_images}: no images named CASE{IMAGE_SUFFIX}")
         tag = hashlib.sha1(str(test_images.resolve()).encode()).hexdigest()[:8]
         return f"test-{tag}", [[c] for c in cases], test_labels.resolve()
-    raw = Path(os.environ["nnUNet_raw"]) / DATASETS[False]
-    val = json.loads((raw / "splits_final.json").read_text())[FOLD]["val"]
-    return "val", [[str(raw / "imagesTr" / f"{case}{IMAGE_SUFFIX}")] for case in val], raw / DENSE_LABELS_TR
+    if on == "val":
+        val = json.loads((raw / "splits_final.json").read_text())[FOLD]["val"]
+        return "val", [[str(raw / "imagesTr" / f"{case}{IMAGE_SUFFIX}")] for case in val], raw / DENSE_LABELS_TR
+    cases = sorted(str(p) for p in (raw / "imagesTs").glob(f"*{IMAGE_SUFFIX}"))
+    if not cases:
+        sys.exit(f"{raw}: no test patients (imagesTs is empty): the splits file names no 'test' patients; pass "
+                 f"--on val or --test-images/--test-labels")
+    return "test", [[c] for c in cases], raw / "labelsTs"
 
 
 def predict_and_evaluate(training: Training, rows: list[Method], images: list[list[str]], labels: Path,
-                         folder: Path, device: torch.device, say: Say) -> None:
-    """Predict the test images with ``training``'s selected checkpoint for every row (the ensemble or one member)
-    into ``folder/predictions/<row>`` and evaluate each against ``labels`` into ``folder/evaluations/<row>.json``,
-    which marks the row done. ``folder`` is the test set's."""
+                         model_folder: Path, folder: Path, log_file: Path, device: torch.device, say: Say) -> None:
+    """Predict the test images with the selected checkpoint of ``model_folder`` for every row (the ensemble or one
+    member) into ``folder/predictions/<row>`` and evaluate each slice against ``labels`` into
+    ``folder/evaluations/<row>.json``, which marks the row done. ``folder`` is the test set's, per seed."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from nnunetv2_mamba.demo import output_to
@@ -412,11 +477,11 @@ def predict_and_evaluate(training: Training, rows: list[Method], images: list[li
     if not todo:
         return
     dataset_json = Path(os.environ["nnUNet_raw"]) / DATASETS[False] / "dataset.json"
-    with open(folder.parents[1] / "logs" / f"predict_{training.trainer}__{training.plans}.log", "a") as log:
+    with open(log_file, "a") as log:
         with output_to(log):
             predictor = nnUNetPredictor(device=device, perform_everything_on_device=device.type == "cuda",
                                         allow_tqdm=False)
-            predictor.initialize_from_trained_model_folder(str(training.model_folder), (FOLD,), CHECKPOINT)
+            predictor.initialize_from_trained_model_folder(str(model_folder), (FOLD,), CHECKPOINT)
         for row in todo:
             say(f"{row.name}: nnUNetv2_predict -f {FOLD} -chk {CHECKPOINT} -tr {training.trainer} -p {training.plans}"
                 + (f" with nnUNet_ensemble_member={row.member}" if row.member else ""))
@@ -433,16 +498,15 @@ def predict_and_evaluate(training: Training, rows: list[Method], images: list[li
                 results = evaluate_folders(labels, output, dataset_json, use_spacing=False, progress=False)
             results["prediction_seconds"] = seconds
             write_results(results, folder / "evaluations" / row.slug)
-            say(f"  foreground Dice {results['foreground_mean']['Dice']:.4f} "
+            say(f"  per-slice foreground Dice {results['foreground_mean']['Dice']:.4f} "
                 f"({results['prediction_seconds']:.0f} s for {len(images)} cases)")
 
 
 def postprocess_and_evaluate(rows: list[Method], labels: Path, folder: Path, say: Say) -> None:
     """nnU-Net's post-processing "remove all but the largest component" of every foreground class, the same for every
-    row (fixed, not tuned: nnU-Net's ``determine_postprocessing`` would choose it per class on the val split, which
-    is the default test set), applied to ``folder/predictions/<row>`` into ``<row>__largest_component`` and evaluated
-    into ``folder/evaluations/<row>__largest_component.json``. Scribble-trained networks put foreground far from the
-    heart; this shows how much of their gap to the dense bound that is."""
+    row (fixed, not tuned), applied to ``folder/predictions/<row>`` into ``<row>__largest_component`` and evaluated
+    into ``folder/evaluations/<row>__largest_component.json``: how much of a method's error is foreground far from
+    the heart."""
     from nnunetv2.postprocessing.remove_connected_components import (
         load_postprocess_save, remove_all_but_largest_component_from_segmentation)
 
@@ -466,7 +530,36 @@ def postprocess_and_evaluate(rows: list[Method], labels: Path, folder: Path, say
                                   [{"labels_or_regions": c} for c in classes])
         results = evaluate_folders(labels, output, dataset_json, use_spacing=False, progress=False)
         write_results(results, folder / "evaluations" / slug)
-        say(f"{row.name}, largest component per class: foreground Dice {results['foreground_mean']['Dice']:.4f}")
+
+
+def evaluate_volumes(rows: list[Method], labels: Path, folder: Path, slice_spacing: float, say: Say) -> None:
+    """Every row's slice predictions (and the references) stacked into volumes (``folder/volumes/``) and scored per
+    volume with distances in mm into ``folder/evaluations/<row>__volume.json``."""
+    from nnunetv2_mamba.evaluation.metrics import evaluate_folders, write_results
+    from nnunetv2_mamba.evaluation.volumes import stack_slices
+
+    dataset_json = Path(os.environ["nnUNet_raw"]) / DATASETS[True] / "dataset.json"
+    references = folder / "volumes" / "reference"
+    names = {p.name for p in (folder / "predictions" / rows[0].slug).glob("*.nii.gz")}
+    if not references.is_dir():
+        with_predictions = folder / "volumes" / "reference_slices"
+        shutil.rmtree(with_predictions, ignore_errors=True)
+        with_predictions.mkdir(parents=True)
+        for name in names:  # the references of the predicted slices only (labels may hold more cases)
+            link(labels / name, with_predictions / name)
+        stack_slices(with_predictions, references.with_name("reference.tmp"), slice_spacing)
+        references.with_name("reference.tmp").rename(references)
+    for row in rows:
+        slug = f"{row.slug}{VOLUME}"
+        if (folder / "evaluations" / f"{slug}.json").is_file():
+            continue
+        output = folder / "volumes" / row.slug
+        shutil.rmtree(output, ignore_errors=True)
+        stack_slices(folder / "predictions" / row.slug, output, slice_spacing)
+        results = evaluate_folders(references, output, dataset_json, use_spacing=True, progress=False)
+        write_results(results, folder / "evaluations" / slug)
+        say(f"{row.name}: per-volume foreground Dice {results['foreground_mean']['Dice']:.4f} "
+            f"({len(results['per_case'])} volumes)")
 
 
 def error_breakdown(predictions: Path, labels: Path, classes: list[int], near: float = NEAR) -> dict[str, float]:
@@ -495,11 +588,11 @@ def error_breakdown(predictions: Path, labels: Path, classes: list[int], near: f
     return {"FN": missed / area, "FP near": boundary / area, "FP far": blobs / area}
 
 
-def training_curves(training: Training) -> dict[str, list[float]]:
+def training_curves(model_folder: Path) -> dict[str, list[float]]:
     """Per-epoch curves of nnU-Net's logger, as stored in the final checkpoint (``checkpoint["logging"]``)."""
     import torch
 
-    checkpoint = torch.load(training.model_folder / f"fold_{FOLD}" / "checkpoint_final.pth", map_location="cpu",
+    checkpoint = torch.load(model_folder / f"fold_{FOLD}" / "checkpoint_final.pth", map_location="cpu",
                             weights_only=False)
     logging = checkpoint["logging"]
     keys = ["train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "lrs"]
@@ -507,28 +600,68 @@ def training_curves(training: Training) -> dict[str, list[float]]:
     return {k: [float(v) for v in logging[k]] for k in keys if k in logging}
 
 
-# ------------------------------------------------------------------------------------------------------- report
+def seed_row(method: Method, folder: Path, labels: Path, classes: dict[int, str], timing: dict) -> dict[str, Any]:
+    """One seed's numbers of one row: per-volume Dice per class and mean, HD95 and ASD (mm); per-slice mean Dice,
+    before and after largest-component post-processing; the error breakdown; the training's cost."""
+    def evaluation(suffix: str) -> dict:
+        return json.loads((folder / "evaluations" / f"{method.slug}{suffix}.json").read_text())
 
-def result_row(method: Method, evaluation: dict, postprocessed: dict, errors: dict[str, float],
-               timing: dict) -> dict[str, Any]:
-    """The table's row: Dice per class and foreground mean, HD95 and ASD (foreground means), the mean Dice and HD95
-    after largest-component post-processing, the error breakdown, training cost."""
-    per_class = {c["name"]: c["mean"]["Dice"] for label, c in evaluation["per_class"].items() if label != "0"}
-    return {"method": method.name, "trainer": method.training.trainer, "plans": method.training.plans,
-            **per_class, "mean Dice": evaluation["foreground_mean"]["Dice"],
-            "HD95 (px)": evaluation["foreground_mean"]["HD95"], "ASD (px)": evaluation["foreground_mean"]["ASD"],
-            "mean Dice, LCC": postprocessed["foreground_mean"]["Dice"],
-            "HD95 (px), LCC": postprocessed["foreground_mean"]["HD95"],
-            **{k: round(v, 3) for k, v in errors.items()},
-            "iterations": timing.get("iterations"),
-            "train s": round(timing["seconds"]) if "seconds" in timing else None,
+    volume, per_slice, postprocessed = evaluation(VOLUME), evaluation(""), evaluation(POSTPROCESSED)
+    errors = error_breakdown(folder / "predictions" / method.slug, labels, list(classes))
+    return {**{name: volume["per_class"][str(label)]["mean"]["Dice"] for label, name in classes.items()},
+            "mean Dice": volume["foreground_mean"]["Dice"], "HD95 (mm)": volume["foreground_mean"]["HD95"],
+            "ASD (mm)": volume["foreground_mean"]["ASD"], "slice Dice": per_slice["foreground_mean"]["Dice"],
+            "slice Dice, LCC": postprocessed["foreground_mean"]["Dice"], **errors,
+            "iterations": timing.get("iterations"), "train s": timing.get("seconds"),
             "s/step": timing.get("seconds_per_iteration"),
             "params (M)": timing["params"] / 1e6 if "params" in timing else None}
 
 
+def mean_sd(values: list[float | None]) -> dict[str, Any]:
+    """Mean and sample standard deviation (None for one value) of the values that exist."""
+    import statistics
+
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return {"mean": statistics.fmean(present) if present else None,
+            "sd": statistics.stdev(present) if len(present) > 1 else None, "values": values}
+
+
+DIGITS = {"iterations": 0, "train s": 0, "s/step": 2, "params (M)": 2}  # other columns: 3
+
+
+def cell(summary: dict[str, Any], digits: int) -> str:
+    """``mean ± sd`` (the mean alone for one seed or where every seed gave the same), '-' where nothing was measured."""
+    if summary["mean"] is None:
+        return "-"
+    text = f"{summary['mean']:.{digits}f}"
+    return text + (f" ± {summary['sd']:.{digits}f}" if summary["sd"] else "")
+
+
+def targets(summaries: dict[str, dict[str, Any]], seeds: int) -> list[dict[str, Any]]:
+    """The benchmark's targets on the mean per-volume Dice over seeds (at least 3 seeds decide one)."""
+    dice = {name: s["mean Dice"]["mean"] for name, s in summaries.items()}
+    weak = dice.get("WeakMamba ensemble")
+    checks = [("WeakMamba >= nnU-Net (scribbles) + 0.03, equal iterations", "nnU-Net (scribbles)",
+               lambda w, b: w >= b + 0.03),
+              ("WeakMamba >= nnU-Net (scribbles), equal wall-clock", "nnU-Net (scribbles), equal wall-clock",
+               lambda w, b: w >= b),
+              ("WeakMamba >= 0.95 x the dense bound", "nnU-Net (dense, upper bound)", lambda w, b: w >= 0.95 * b)]
+    result = []
+    for target, other, holds in checks:
+        if weak is None or dice.get(other) is None:
+            continue
+        verdict = ("met" if holds(weak, dice[other]) else "not met") if seeds >= 3 else \
+            f"undecided ({seeds} seed{'s' * (seeds != 1)}; 3 decide)"
+        result.append({"target": target, "WeakMamba": weak, "comparator": dice[other], "verdict": verdict})
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------- report
+
 def plot(rows: list[dict[str, Any]], classes: list[str], curves: dict[str, dict], iterations_per_epoch: int,
          path: Path) -> None:
-    """Dice per class per method (bars); online validation Dice and training loss per iteration (curves)."""
+    """Per-volume Dice per class per method, mean ± sd over seeds (bars); the first seed's online validation Dice
+    and training loss per iteration (curves)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -540,11 +673,13 @@ def plot(rows: list[dict[str, Any]], classes: list[str], curves: dict[str, dict]
     groups = classes + ["mean Dice"]
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
-        values = [np.nan if row[c] is None else row[c] for c in groups]
-        bars.bar(np.arange(len(groups)) + (i - (len(rows) - 1) / 2) * width, values, width, label=row["method"])
+        means = [np.nan if row[c]["mean"] is None else row[c]["mean"] for c in groups]
+        sds = [0 if row[c]["sd"] is None else row[c]["sd"] for c in groups]
+        bars.bar(np.arange(len(groups)) + (i - (len(rows) - 1) / 2) * width, means, width, yerr=sds, capsize=2,
+                 label=row["method"])
     bars.set_xticks(range(len(groups)), groups)
     bars.set_ylim(0, 1)
-    bars.set_title("Dice on the test set")
+    bars.set_title("per-volume Dice on the test set (mean ± sd over seeds)")
     bars.legend(fontsize=7)
     for name, curve in curves.items():
         iterations = (np.arange(len(curve["mean_fg_dice"])) + 1) * iterations_per_epoch
@@ -553,8 +688,8 @@ def plot(rows: list[dict[str, Any]], classes: list[str], curves: dict[str, dict]
             dice.plot(iterations, curve[key], ":", color=line.get_color(),
                       label=f"{name}: {key.removeprefix('mean_fg_dice_')}")
         loss.plot(iterations, curve["train_losses"], color=line.get_color(), label=name)
-    dice.set_title("online validation Dice (dense patches of the val split)")
-    loss.set_title("training loss (each trainer's own loss)")
+    dice.set_title("online validation Dice (dense patches of the val split), first seed")
+    loss.set_title("training loss (each trainer's own loss), first seed")
     for ax in (dice, loss):
         ax.set_xlabel("iteration")
         ax.legend(fontsize=7)
@@ -566,14 +701,22 @@ def plot(rows: list[dict[str, Any]], classes: list[str], curves: dict[str, dict]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu", help="(default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="one run of every method per seed (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="folder of WSL4MIS .h5 volumes with splits.json (default: %(default)s)")
+                        help="folder of WSL4MIS .h5 volumes (default: %(default)s)")
+    parser.add_argument("--splits", type=Path,
+                        help=f"patients per train / val / test (default: --data's {DEFAULT_SPLITS})")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
                         help="working folder, kept between runs for resuming (default: %(default)s)")
+    parser.add_argument("--paper", action="store_true",
+                        help="also train nnUNetTrainerWeakMambaPaper (the paper's configuration)")
     parser.add_argument("--ablation", action="store_true", help="also train MambaUNet alone and SwinUNet alone")
+    parser.add_argument("--on", choices=("test", "val"), default="test",
+                        help="score the test patients (default) or the val patients (for method decisions)")
     parser.add_argument("--test-images", type=Path,
-                        help=f"folder of 2D test slices CASE{IMAGE_SUFFIX} (default: the val patients' slices)")
-    parser.add_argument("--test-labels", type=Path, help="their dense labels CASE.nii.gz")
+                        help=f"folder of 2D test slices <volume>_slice<NN>{IMAGE_SUFFIX} (instead of --on)")
+    parser.add_argument("--test-labels", type=Path, help="their dense labels <volume>_slice<NN>.nii.gz")
     parser.add_argument("--patients", type=int, help="only the first N patients of every split (quick runs)")
     parser.add_argument("--processes", type=int, default=2,
                         help="processes for nnU-Net's planning and preprocessing (default: %(default)s)")
@@ -581,10 +724,12 @@ def main() -> None:
     args = parser.parse_args()
     if (args.test_images is None) != (args.test_labels is None):
         parser.error("--test-images and --test-labels go together")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP; the trainings inherit it
 
     import torch
     from common import format_table, machine_info, write_json
 
+    from nnunetv2_mamba.data.convert_h5 import ACDC_SPACING
     from nnunetv2_mamba.demo import set_environment
 
     def say(message: str) -> None:
@@ -594,56 +739,74 @@ def main() -> None:
     budget = BUDGETS[args.budget]
     work = args.work.resolve()
     folder = work / budget.name
-    (work / "logs").mkdir(parents=True, exist_ok=True)
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("nnUNet_compile", "false")  # the same (uncompiled) networks for every method
     set_environment(work)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    say(f"work folder {work} (nnU-Net's logs in {work / 'logs'}); device {device}")
+    say(f"work folder {work} (nnU-Net's logs in {logs}); device {device}; OMP_WAIT_POLICY "
+        f"{os.environ['OMP_WAIT_POLICY']}")
     say(budget.describe())
 
-    preparation = prepare(args.data, work, args.patients, args.processes, say)
+    splits_file = args.splits or args.data / DEFAULT_SPLITS
+    preparation = prepare(args.data, splits_file, work, args.patients, args.processes, say)
     write_budget_plans(budget, args.ablation)
-    rows = methods(budget, args.ablation)
-    trainings = list(dict.fromkeys(row.training for row in rows))
-    timings = {training: run_training(training, folder, device, say) for training in trainings}
-    test_name, images, labels = test_set(args.test_images, args.test_labels)
-    for training in trainings:
-        predict_and_evaluate(training, [row for row in rows if row.training == training], images, labels,
-                             folder / test_name, device, say)
-    postprocess_and_evaluate(rows, labels, folder / test_name, say)
+    rows = methods(budget, args.ablation, args.paper)
+    test_name, images, labels = test_set(args.on, args.test_images, args.test_labels)
+    timings: dict[int, dict[Training, dict]] = {}
+    for seed in args.seeds:
+        seed_folder, test_folder = folder / f"seed{seed}", folder / test_name / f"seed{seed}"
+        timings[seed] = train_seed(rows, seed, seed_folder, logs, device, say)
+        for training in timings[seed]:
+            predict_and_evaluate(training, [row for row in rows if row.training == training], images, labels,
+                                 training.model_folder(seed_folder), test_folder,
+                                 logs / f"predict_seed{seed}_{training.slug}.log", device, say)
+        postprocess_and_evaluate(rows, labels, test_folder, say)
+        evaluate_volumes(rows, labels, test_folder, ACDC_SPACING[0], say)
 
-    def evaluation(row: Method, suffix: str = "") -> dict:
-        return json.loads((folder / test_name / "evaluations" / f"{row.slug}{suffix}.json").read_text())
-
-    evaluations = {row: evaluation(row) for row in rows}
-    postprocessed = {row: evaluation(row, POSTPROCESSED) for row in rows}
-    classes = {int(label): c["name"] for label, c in evaluations[rows[0]]["per_class"].items() if label != "0"}
-    errors = {row: error_breakdown(folder / test_name / "predictions" / row.slug, labels, list(classes))
-              for row in rows}
-    table = [result_row(row, evaluations[row], postprocessed[row], errors[row], timings[row.training])
-             for row in rows]
-    curves = {next(row.name for row in rows if row.training == t).removesuffix(" ensemble"): training_curves(t)
-              for t in trainings}
+    first = json.loads((folder / test_name / f"seed{args.seeds[0]}" / "evaluations"
+                        / f"{rows[0].slug}{VOLUME}.json").read_text())
+    classes = {int(label): c["name"] for label, c in first["per_class"].items() if label != "0"}
+    per_seed = {row.name: [seed_row(row, folder / test_name / f"seed{seed}", labels, classes,
+                                    timings[seed][row.training]) for seed in args.seeds] for row in rows}
+    summaries = {name: {key: mean_sd([r[key] for r in values]) for key in values[0]}
+                 for name, values in per_seed.items()}
+    columns = list(next(iter(per_seed.values()))[0])
+    table = [{"method": row.name, "trainer": row.training.trainer + (" (equal wall-clock)" if
+                                                                     row.training.equal_time else "")
+              + (f", {row.member} alone" if row.member else ""),
+              **{key: cell(summaries[row.name][key], DIGITS.get(key, 3)) for key in columns}} for row in rows]
+    checks = targets(summaries, len(args.seeds))
+    volumes = sorted(c["case"] for c in first["per_case"])
+    test_patients = sorted({v.split("_frame")[0] for v in volumes})
+    curves = {}
+    for training in dict.fromkeys(row.training for row in rows):
+        name = next(row.name for row in rows if row.training == training).removesuffix(" ensemble")
+        curves[name] = training_curves(training.model_folder(folder / f"seed{args.seeds[0]}"))
     name = f"acdc_scribble_{budget.name}_{test_name}"
-    markdown = (f"{budget.describe()}\n\nTest set: {len(images)} 2D cases ({test_name}; references {labels}), "
-                f"predicted with {CHECKPOINT} (selected on the val split). Dice per class and foreground mean; HD95 "
-                f"and ASD in pixels, foreground means; LCC: after nnU-Net's post-processing that keeps the largest "
-                f"connected component of every class (the same for every method, not tuned); FN, FP near, FP far: "
-                f"missed pixels and false positives within {NEAR} pixels of the true structures or farther, summed "
-                f"over classes and cases, as shares of the true foreground area (before post-processing). The "
-                f"WeakMamba rows share one training.\n\n"
-                + format_table(table, list(table[0])))
+    markdown = (f"{budget.describe()}\n\nScored on {len(volumes)} volumes of {len(test_patients)} patients "
+                f"({test_name}: {', '.join(test_patients)}; {len(images)} 2D slices, references {labels}), predicted "
+                f"with {CHECKPOINT} (selected on the val patients); mean ± sd over seeds {args.seeds}. Per volume "
+                f"(the slices stacked, {ACDC_SPACING[0]:g} mm apart, in-plane {ACDC_SPACING[1]:g} x "
+                f"{ACDC_SPACING[2]:g} mm as the converter states): Dice per class and foreground mean, HD95 and ASD in "
+                f"mm, means over volumes. Per slice (secondary): mean Dice before and after nnU-Net's "
+                f"largest-component post-processing (LCC, the same for every method, not tuned); FN, FP near, FP far: missed pixels and "
+                f"false positives within {NEAR} pixels of the true structures or farther, as shares of the true "
+                f"foreground area. train s: wall-clock of the training epochs. The WeakMamba rows share one training "
+                f"per seed.\n\n" + format_table(table, list(table[0]))
+                + "\n\nTargets (mean per-volume Dice over seeds):\n\n"
+                + format_table([{k: round(v, 3) if isinstance(v, float) else v for k, v in c.items()}
+                                for c in checks], ["target", "WeakMamba", "comparator", "verdict"]))
     (folder / f"{name}.md").write_text(markdown + "\n")
     write_json(name, {"budget": budget.describe(), "schedule": budget.schedule._asdict(), "plans": budget.plans,
-                      "test": {"name": test_name, "cases": len(images), "labels": str(labels)},
+                      "seeds": args.seeds, "splits": str(splits_file),
+                      "test": {"name": test_name, "slices": len(images), "volumes": volumes,
+                               "patients": test_patients, "labels": str(labels), "spacing_mm": ACDC_SPACING},
                       "checkpoint": CHECKPOINT, "preparation_seconds": preparation,
-                      "machine": machine_info(torch.get_num_threads()), "results": table, "curves": curves,
-                      "evaluations": {row.name: {k: evaluations[row][k] for k in ("per_class", "foreground_mean")}
-                                      for row in rows},
-                      "evaluations_largest_component": {
-                          row.name: {k: postprocessed[row][k] for k in ("per_class", "foreground_mean")}
-                          for row in rows}}, folder)
-    plot(table, list(classes.values()), curves, budget.schedule.iterations_per_epoch, folder / f"{name}.png")
+                      "machine": machine_info(torch.get_num_threads()), "results": table, "summaries": summaries,
+                      "per_seed": per_seed, "targets": checks, "curves_first_seed": curves}, folder)
+    plot([{"method": row.name, **summaries[row.name]} for row in rows], list(classes.values()), curves,
+         budget.schedule.iterations_per_epoch, folder / f"{name}.png")
     say(f"\n{markdown}\n\nwrote {folder / name}.md, .json and .png ({time.perf_counter() - started:.0f} s this run)")
 
 

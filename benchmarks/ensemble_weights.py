@@ -25,8 +25,8 @@ from acdc_scribble import (BUDGETS, CHECKPOINT, DATASETS, DEFAULT_WORK, FOLD, IM
                            test_set)
 
 
-def predict_probabilities(members: list[Method], images: list[list[str]], folder: Path, log: Path,
-                          device: torch.device) -> list[Path]:
+def predict_probabilities(members: list[Method], model_folder: Path, images: list[list[str]], folder: Path,
+                          log: Path, device: torch.device) -> list[Path]:
     """``folder/<member>/CASE.npz`` (nnU-Net's saved probabilities) for each WeakMamba network alone (rows of one
     training); members already complete are kept. nnU-Net's messages go to ``log``."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -39,8 +39,7 @@ def predict_probabilities(members: list[Method], images: list[list[str]], folder
         with open(log, "a") as stream, output_to(stream):
             predictor = nnUNetPredictor(device=device, perform_everything_on_device=device.type == "cuda",
                                         allow_tqdm=False)
-            predictor.initialize_from_trained_model_folder(str(members[0].training.model_folder), (FOLD,),
-                                                           CHECKPOINT)
+            predictor.initialize_from_trained_model_folder(str(model_folder), (FOLD,), CHECKPOINT)
     for row, output in todo:
         print(f"{row.name}: predicting {len(images)} cases with probabilities", flush=True)
         predictor.network.inference_output = row.member
@@ -58,7 +57,10 @@ def main() -> None:
     parser.add_argument("--budget", choices=BUDGETS, default="cpu", help="(default: %(default)s)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
                         help="work folder of benchmarks/acdc_scribble.py (default: %(default)s)")
-    parser.add_argument("--test-images", type=Path, help="the benchmark's --test-images (default: the val patients)")
+    parser.add_argument("--seed", type=int, default=0, help="the benchmark's seed whose training (default: %(default)s)")
+    parser.add_argument("--on", choices=("test", "val"), default="test",
+                        help="the benchmark's scored patients (default: %(default)s)")
+    parser.add_argument("--test-images", type=Path, help="the benchmark's --test-images (instead of --on)")
     parser.add_argument("--test-labels", type=Path, help="the benchmark's --test-labels")
     parser.add_argument("--folds", type=int, default=2, help="groups of test patients (default: %(default)s)")
     parser.add_argument("--step", type=float, default=0.1, help="grid step of the weights (default: %(default)s)")
@@ -82,11 +84,13 @@ def main() -> None:
     work = args.work.resolve()
     set_environment(work)
     folder = work / budget.name
-    test_name, images, labels = test_set(args.test_images, args.test_labels)
+    test_name, images, labels = test_set(args.on, args.test_images, args.test_labels)
+    scored = folder / test_name / f"seed{args.seed}"
     rows = methods(budget, ablation=False)
     weak = next(row for row in rows if row.member is None and row.training.trainer == budget.weak_mamba.__name__)
     members = [row for row in rows if row.training == weak.training and row.member]
-    sources = predict_probabilities(members, images, folder / test_name / "probabilities",
+    sources = predict_probabilities(members, weak.training.model_folder(folder / f"seed{args.seed}"), images,
+                                    scored / "probabilities",
                                     work / "logs" / "predict_probabilities.log", device)
     dataset_json = Path(os.environ["nnUNet_raw"]) / DATASETS[False] / "dataset.json"
     cases = sorted(Path(case[0]).name[:-len(IMAGE_SUFFIX)] for case in images)
@@ -107,7 +111,7 @@ def main() -> None:
     for kind, parts in {"equal weights": [(EnsembleWeights.equal(len(sources)), cases)],
                         "cross-fitted": [(w, group) for (w, _), group in zip(chosen, groups)],
                         "chosen on the test patients": [(everyone[0], cases)]}.items():
-        output = folder / test_name / "predictions" / f"{weak.slug}__{kind.replace(' ', '_').replace('-', '_')}"
+        output = scored / "predictions" / f"{weak.slug}__{kind.replace(' ', '_').replace('-', '_')}"
         shutil.rmtree(output, ignore_errors=True)
         for weights, part in parts:
             ensemble_folders(sources, output, weights, part)
@@ -120,7 +124,7 @@ def main() -> None:
                "chosen": [{"weights": w.values, "dice": d} for w, d in chosen],
                "chosen on the test patients": {"weights": everyone[0].values, "dice": everyone[1]}}
     markdown = format_table(table, list(table[0]))
-    name = f"ensemble_weights_{budget.name}_{test_name}"
+    name = f"ensemble_weights_{budget.name}_{test_name}_seed{args.seed}"
     (folder / f"{name}.md").write_text(markdown + "\n")
     write_json(name, {"budget": budget.name, "folds": args.folds, "step": args.step, "results": table, **details},
                folder)

@@ -86,7 +86,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
                         help="work folder of benchmarks/acdc_scribble.py (default: %(default)s)")
     parser.add_argument("--model", type=Path, help="WeakMamba's model folder, e.g. an archived one (default: the "
-                                                   "work folder's, for the budget)")
+                                                   "work folder's, for the budget and --training-seed)")
+    parser.add_argument("--training-seed", type=int, default=0,
+                        help="the benchmark's seed whose WeakMamba training to score (default: %(default)s)")
     parser.add_argument("--crops", type=int, default=384, help="(default: %(default)s)")
     parser.add_argument("--margins", type=int, nargs="+", default=[1, 2],
                         help="pseudo-label margins to score (default: %(default)s)")
@@ -106,7 +108,8 @@ def main() -> None:
     work = args.work.resolve()
     set_environment(work)
     trainer = budget.weak_mamba
-    model = args.model.resolve() if args.model else Training(trainer.__name__, budget.plans).model_folder
+    model = (args.model.resolve() if args.model else Training(trainer.__name__, budget.plans).model_folder(
+        work / budget.name / f"seed{args.training_seed}"))
     if not (model / f"fold_{FOLD}" / CHECKPOINT).is_file():
         raise SystemExit(f"{model / f'fold_{FOLD}' / CHECKPOINT} does not exist: run benchmarks/acdc_scribble.py "
                          f"--budget {budget.name} --work {args.work} first")

@@ -1,5 +1,6 @@
-"""benchmarks/acdc_scribble.py at its smoke budget on real ACDC data (one patient per split), so that the benchmark
-cannot rot: every method trains, predicts a user's own test slices and lands in the table, the JSON and the plot; a
+"""benchmarks/acdc_scribble.py at its smoke budget on real ACDC data (one patient per split of splits_heldout.json),
+so that the benchmark cannot rot: every method trains (the equal wall-clock baseline as long as WeakMamba), predicts a
+user's own held-out slices, is scored per volume and per slice and lands in the table, the JSON and the plot; a
 second run resumes, i.e. trains nothing again. benchmarks/pseudo_label_quality.py then scores the pseudo labels of
 that WeakMamba training, and benchmarks/ensemble_weights.py cross-fits its member weights over the test patients."""
 
@@ -25,17 +26,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.acdc]
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "acdc_scribble.py"
 QUALITY_SCRIPT = SCRIPT.with_name("pseudo_label_quality.py")
 WEIGHTS_SCRIPT = SCRIPT.with_name("ensemble_weights.py")
-METHODS = {"nnU-Net (scribbles)", "WeakMamba ensemble", "WeakMamba cnn alone", "WeakMamba vit alone",
-           "WeakMamba mamba alone", "nnU-Net (dense, upper bound)", "MambaUNet alone (scribbles)",
-           "SwinUNet alone (scribbles)"}
+METHODS = {"nnU-Net (scribbles)", "nnU-Net (scribbles), equal wall-clock", "WeakMamba ensemble",
+           "WeakMamba cnn alone", "WeakMamba vit alone", "WeakMamba mamba alone", "nnU-Net (dense, upper bound)",
+           "MambaUNet alone (scribbles)", "SwinUNet alone (scribbles)"}
 
 
 def own_test_slices(acdc_dir: Path, folder: Path) -> tuple[Path, Path]:
     """Eight mid-ventricle slices of two val patients the smoke run does not use (it takes the first of each split), as
-    a user would pass their own test patients: converted by convert-h5, the images and dense labels in two folders."""
-    splits = json.loads((acdc_dir / "splits.json").read_text())
-    raw = convert_h5(acdc_dir, folder / "raw", mode="2d",
-                     splits={"train": sorted(splits["train"])[:1], "test": sorted(splits["val"])[1:3]})
+    a user would pass their own held-out patients: converted alone by convert-h5, images and dense labels in two
+    folders."""
+    splits = json.loads((acdc_dir / "splits_heldout.json").read_text())
+    raw = convert_h5(acdc_dir, folder / "raw", mode="2d", splits={"test": sorted(splits["val"])[1:3]})
     images, labels = folder / "images", folder / "labels"
     images.mkdir()
     labels.mkdir()
@@ -111,29 +112,49 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
     images, labels = own_test_slices(acdc_dir, tmp_path / "test")
     work = tmp_path / "work"
     arguments = ["--budget", "smoke", "--patients", "1", "--processes", "1", "--ablation", "--data", str(acdc_dir),
-                 "--work", str(work), "--test-images", str(images), "--test-labels", str(labels), "--device", "cpu"]
+                 "--work", str(work), "--test-images", str(images), "--test-labels", str(labels), "--device", "cpu",
+                 "--seeds", "0"]
     first = run_benchmark(arguments)
-    assert first.count("nnUNetv2_train") == 5  # baseline, WeakMamba, dense upper bound, two ablation networks
+    # WeakMamba, baseline, equal wall-clock baseline, dense upper bound, two ablation networks
+    assert first.count("nnUNetv2_train") == 6
+    preparation = json.loads((work / "preparation.json").read_text())
+    heldout = json.loads((acdc_dir / "splits_heldout.json").read_text())
+    assert preparation["source"]["splits"] == {k: sorted(heldout[k])[:1] for k in ("train", "val", "test")}
 
     (table,) = (work / "smoke").glob("acdc_scribble_smoke_test-*.md")
     results = json.loads(table.with_suffix(".json").read_text())
     assert {row["method"] for row in results["results"]} == METHODS
     assert all(name in table.read_text() for name in METHODS)
-    assert results["test"]["cases"] == 8
-    for row in results["results"]:
-        for key in ("RV", "MYO", "LV", "mean Dice", "mean Dice, LCC"):
-            assert 0 <= row[key] <= 1, (row["method"], key, row[key])
+    assert results["test"]["slices"] == 8 and results["test"]["patients"] == ["patient019", "patient028"]
+    assert len(results["test"]["volumes"]) == 4  # two frames of two patients, two slices each
+    assert [t["target"] for t in results["targets"]] == [
+        "WeakMamba >= nnU-Net (scribbles) + 0.03, equal iterations",
+        "WeakMamba >= nnU-Net (scribbles), equal wall-clock", "WeakMamba >= 0.95 x the dense bound"]
+    assert all(t["verdict"] == "undecided (1 seed; 3 decide)" for t in results["targets"])
+    equal_time = json.loads((work / "smoke" / "seed0" / "equal_time.json").read_text())
+    assert equal_time["epochs"] > 2  # WeakMamba's epochs take longer than the baseline's
+    for method, (row,) in results["per_seed"].items():
+        for key in ("RV", "MYO", "LV", "mean Dice", "slice Dice", "slice Dice, LCC"):
+            assert 0 <= row[key] <= 1, (method, key, row[key])
+        assert row["HD95 (mm)"] is None or row["HD95 (mm)"] >= 0
         assert 0 <= row["FN"] <= 1 and row["FP near"] >= 0 and row["FP far"] >= 0, row
-        assert row["iterations"] == 4 and row["train s"] is not None
-    assert set(results["curves"]) == {"nnU-Net (scribbles)", "WeakMamba", "nnU-Net (dense, upper bound)",
-                                      "MambaUNet alone (scribbles)", "SwinUNet alone (scribbles)"}
-    assert len(results["curves"]["WeakMamba"]["mean_fg_dice_mamba"]) == 2  # one value per epoch, per member
-    postprocessed = sorted((work / "smoke").glob("test-*/predictions/WeakMamba_ensemble__largest_component/*.nii.gz"))
+        assert row["train s"] > 0
+        assert row["iterations"] == (2 * equal_time["epochs"] if method.endswith("equal wall-clock") else 4), method
+        assert results["summaries"][method]["mean Dice"]["mean"] == row["mean Dice"]
+    assert set(results["curves_first_seed"]) == {"WeakMamba", "nnU-Net (scribbles)",
+                                                 "nnU-Net (scribbles), equal wall-clock",
+                                                 "nnU-Net (dense, upper bound)", "MambaUNet alone (scribbles)",
+                                                 "SwinUNet alone (scribbles)"}
+    assert len(results["curves_first_seed"]["WeakMamba"]["mean_fg_dice_mamba"]) == 2  # one per epoch, per member
+    scored = next((work / "smoke").glob("test-*")) / "seed0"
+    postprocessed = sorted((scored / "predictions" / "WeakMamba_ensemble__largest_component").glob("*.nii.gz"))
     assert len(postprocessed) == 8
     for file in postprocessed:
         raw = sitk.GetArrayFromImage(sitk.ReadImage(str(file.parent.with_name("WeakMamba_ensemble") / file.name)))
         kept = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
         assert np.array_equal(kept, largest_components(raw))
+    volume = sitk.ReadImage(str(next((scored / "volumes" / "WeakMamba_ensemble").glob("*.nii.gz"))))
+    assert volume.GetSize()[2] == 2 and volume.GetSpacing()[2] == 10.0  # the converter's stated slice spacing
     assert table.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     quality = work / "pseudo_label_quality.json"
@@ -150,17 +171,17 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
 
     run_benchmark(["--budget", "smoke", "--work", str(work), "--test-images", str(images), "--test-labels", str(labels),
                    "--step", "0.5"], WEIGHTS_SCRIPT)
-    (weights,) = (work / "smoke").glob("ensemble_weights_smoke_test-*.json")
+    (weights,) = (work / "smoke").glob("ensemble_weights_smoke_test-*_seed0.json")
     weights = json.loads(weights.read_text())
     assert [row["weights"] for row in weights["results"]] == ["equal weights", "cross-fitted",
                                                               "chosen on the test patients"]
     assert all(0 <= row["mean Dice"] <= 1 for row in weights["results"])
     # the members' mean softmax is the ensemble up to where nnU-Net's sliding-window windows overlap
-    ensemble = next(row for row in results["results"] if row["method"] == "WeakMamba ensemble")
-    assert weights["results"][0]["mean Dice"] == pytest.approx(ensemble["mean Dice"], abs=0.005)
+    ensemble = results["per_seed"]["WeakMamba ensemble"][0]
+    assert weights["results"][0]["mean Dice"] == pytest.approx(ensemble["slice Dice"], abs=0.005)
     assert weights["members"] == ["cnn", "vit", "mamba"] and len(weights["groups"]) == 2
     assert all(len(c["weights"]) == 3 and math.isclose(sum(c["weights"]), 1) for c in weights["chosen"])
 
     second = run_benchmark(arguments)
     assert "nnUNetv2_train" not in second and "nnUNetv2_predict" not in second and "convert ..." not in second
-    assert json.loads(table.with_suffix(".json").read_text())["results"] == results["results"]
+    assert json.loads(table.with_suffix(".json").read_text())["per_seed"] == results["per_seed"]

@@ -99,6 +99,25 @@ def test_splits_and_patients():
         read_splits({"train": ["a"], "test": ["a"]})
     with pytest.raises(ValueError, match="no 'train' patients"):
         read_splits({"val": ["a"]})
+    with pytest.raises(ValueError, match="no 'train' patients"):
+        read_splits({"train": [], "test": []})
+    assert read_splits({"test": ["a"]}) == {"train": [], "val": [], "test": ["a"]}
+
+
+def test_held_out_patients_convert_alone_through_the_command(crafted, tmp_path):
+    """A splits file with test patients only gives imagesTs/labelsTs (dense) and a dataset.json, nothing to train."""
+    splits = tmp_path / "held_out.json"
+    splits.write_text(json.dumps({"test": ["patient003"]}))
+    target = tmp_path / "Dataset903_HeldOut"
+    main(["convert-h5", str(crafted), "-o", str(target), "--mode", "2d", "--splits", str(splits)])
+    assert sorted(p.name for p in target.iterdir()) == ["dataset.json", "imagesTs", "labelsTs"]
+    assert sorted(p.name for p in (target / "labelsTs").iterdir()) == [
+        f"patient003_frame{f}_slice{z:02d}.nii.gz" for f in ("01", "12") for z in range(3)]
+    dense = read(target / "labelsTs" / "patient003_frame12_slice01.nii.gz")[0]
+    np.testing.assert_array_equal(dense, h5(crafted / "patient003_frame12.h5")["label"][1])
+    dataset_json = json.loads((target / "dataset.json").read_text())
+    assert dataset_json["numTraining"] == 0 and dataset_json["numTest"] == 6
+    assert validate_scribble_dataset(target, progress=False).num_test == 6
 
 
 def test_crafted_default_splits_and_nnunet_copies_them_when_planning(crafted, tmp_path, monkeypatch):

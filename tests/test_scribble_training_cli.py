@@ -1,6 +1,6 @@
-"""End to end through nnU-Net's command line on the synthetic scribble dataset: WeakMamba training with dense-label
-validation of every network, ``--c`` resume, ``nnUNetv2_predict`` with the ensemble and with one network, evaluation
-against dense labels; and the stock-nnU-Net baseline with the same validation."""
+"""End to end through nnU-Net's command line on the synthetic scribble dataset: WeakMamba (the default configuration)
+training with dense-label validation of every network, ``--c`` resume, ``nnUNetv2_predict`` with the ensemble and
+with one network, evaluation against dense labels; and the stock-nnU-Net baseline with the same validation."""
 
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def test_weak_mamba_trains_resumes_predicts_and_evaluates(env, tmp_path):
     fold = train(env, "nnUNetTrainerWeakMamba_smoke")
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "Validation against the dense labels" in log and "Validation Dice per network" in log
+    # the default configuration: one optimizer per network, the pseudo label ramped up
+    assert "Learning rates: cnn 0.010000, vit 0.001000, mamba 0.001000" in log and "Pseudo-label weight" in log
     assert (fold / "checkpoint_final.pth").is_file() and (fold / "progress.png").is_file()
     assert_scored_against_dense_labels(env, fold / "validation")  # the ensemble (the smoke variant skips the networks)
 

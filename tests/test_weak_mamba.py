@@ -30,9 +30,12 @@ from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss
                                                             with_scribbles)
 from nnunetv2_mamba.training.dense_validation import DENSE_FOLDER, DenseValidationMixin
 from nnunetv2_mamba.training.member_optimizers import nnunet_optimizer
-from nnunetv2_mamba.training.nnUNetTrainerWeakMamba import MEMBER_ENVIRONMENT_VARIABLE, foreground_counts
+from nnunetv2_mamba.training.nnUNetTrainerWeakMamba import (MEMBER_ENVIRONMENT_VARIABLE, foreground_counts,
+                                                            nnUNetTrainerWeakMamba)
+from nnunetv2_mamba.training.nnUNetTrainerWeakMambaPaper import nnUNetTrainerWeakMambaPaper
 from nnunetv2_mamba.training.scribble_schedules import (nnUNetTrainerScribbleBaseline_smoke,
-                                                        nnUNetTrainerWeakMamba_smoke)
+                                                        nnUNetTrainerWeakMamba_smoke,
+                                                        nnUNetTrainerWeakMambaPaper_smoke)
 
 IGNORE = 3  # three classes 0, 1, 2 in the crafted examples
 
@@ -451,6 +454,35 @@ def test_scribble_trainers_refuse_dense_datasets(nnunet_paths):
             cls(plans, "2d", 0, dense, torch.device("cpu"))
 
 
+METHOD_OPTIONS = ("members", "pce_weight", "pseudo_label_weight", "pseudo_label_rampup", "pseudo_label_components",
+                  "pseudo_label_loss", "pseudo_label_margin", "pseudo_label_keeps_scribbles", "member_optimizers")
+
+
+def test_the_default_is_the_measured_recipe_and_the_paper_variant_the_papers():
+    default = {k: getattr(nnUNetTrainerWeakMamba, k) for k in METHOD_OPTIONS}
+    paper = {k: getattr(nnUNetTrainerWeakMambaPaper, k) for k in METHOD_OPTIONS}
+    changed = {k: (default[k], paper[k]) for k in METHOD_OPTIONS if default[k] != paper[k]}
+    assert changed == {"pseudo_label_rampup": (0.5, 0.0), "pseudo_label_components": ("scribbled", None),
+                       "pseudo_label_loss": ("dice_ce", "dice"), "pseudo_label_margin": (1, 0),
+                       "member_optimizers": ({"vit": ("adamw", 1e-3), "mamba": ("adamw", 1e-3)}, {})}
+    assert paper["pce_weight"] == paper["pseudo_label_weight"] == 1.0
+
+
+def test_schedule_variants_set_no_method_option():
+    from nnunetv2_mamba.training import scribble_schedules
+
+    variants = [v for v in vars(scribble_schedules).values()
+                if isinstance(v, type) and issubclass(v, nnUNetTrainerWeakMamba) and "_" in v.__name__]
+    assert {v.__name__.rsplit("_", 1)[1] for v in variants} == {"smoke", "demo", "cpu", "paper"}
+    assert len(variants) == 8  # four schedules of both configurations
+    for variant in variants:
+        configuration = nnUNetTrainerWeakMambaPaper if issubclass(variant, nnUNetTrainerWeakMambaPaper) \
+            else nnUNetTrainerWeakMamba
+        assert variant.__name__.startswith(configuration.__name__ + "_")
+        assert [k for k in METHOD_OPTIONS if any(k in vars(c) for c in variant.__mro__[:variant.__mro__.index(
+            configuration)])] == [], variant.__name__
+
+
 def test_online_validation_reads_dense_labels_aligned_with_the_images(nnunet_paths):
     trainer = make_trainer(nnUNetTrainerScribbleBaseline_smoke, nnunet_paths)
     dataset_tr, dataset_val = trainer.get_tr_and_val_datasets()
@@ -514,7 +546,7 @@ def optimizer_tensors(state: object) -> list[torch.Tensor]:
     return []
 
 
-@pytest.mark.parametrize("trainer_class", [nnUNetTrainerWeakMamba_smoke, WeakMambaAdamW])
+@pytest.mark.parametrize("trainer_class", [nnUNetTrainerWeakMambaPaper_smoke, WeakMambaAdamW])
 def test_checkpoint_round_trip_resumes_exactly(nnunet_paths, tmp_path, trainer_class):
     trainer = make_trainer(trainer_class, nnunet_paths)
     trainer.initialize()
@@ -586,7 +618,7 @@ def test_member_optimizers_refuse_unknown_networks_optimizers_and_checkpoints(nn
         make_trainer(Unknown, nnunet_paths).initialize()
     with pytest.raises(ValueError, match="'adam'"):
         nnunet_optimizer("adam", [nn.Parameter(torch.zeros(1))], 1e-3, 0.0)
-    single = make_trainer(nnUNetTrainerWeakMamba_smoke, nnunet_paths)
+    single = make_trainer(nnUNetTrainerWeakMambaPaper_smoke, nnunet_paths)
     single.initialize()
     single.save_checkpoint(str(tmp_path / "sgd.pth"))
     with pytest.raises(ValueError, match="one optimizer for all networks.*cannot resume"):
@@ -608,28 +640,61 @@ def _ddp_worker(rank: int, world_size: int, port: int, env: dict[str, str], resu
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        trainer = make_trainer(nnUNetTrainerWeakMamba_smoke, env)
+        trainer = make_trainer(nnUNetTrainerWeakMamba_smoke, env)  # the default configuration
         trainer.initialize()
         assert trainer.is_ddp and trainer.device.type == "cpu" and trainer.batch_size == 1
         assert isinstance(trainer.network, torch.nn.parallel.DistributedDataParallel)
+        assert set(trainer.optimizer.optimizers) == {"cnn", "vit", "mamba"}  # one optimizer per network
         initial = torch.cat([p.detach().flatten() for p in trainer.network.parameters()])
+        trainer.on_train_epoch_start()  # sets the ramped-up pseudo-label weight and logs each network's rate
         for step in range(2):  # a second step would fail if DDP missed a parameter in the first
             trainer.train_step(scribble_batch(trainer, seed=10 * step + rank, batch_size=1))  # data differ per rank
         final = torch.cat([p.detach().flatten() for p in trainer.network.parameters()])
         gathered = [torch.zeros_like(final) for _ in range(world_size)]
         dist.all_gather(gathered, final)
+
+        # online validation: each rank counts its own batch, the logged Dice of every network sums both ranks'
+        outputs = [trainer.validation_step(scribble_batch(trainer, seed=100 + rank, batch_size=1))]
+        trainer.on_validation_epoch_end(outputs)
+        local = {k: np.sum([o[k] for o in outputs], 0) for k in outputs[0] if k.startswith(("tp_", "fp_", "fn_"))}
+        counts = [None] * world_size
+        dist.all_gather_object(counts, local)
+        logged = {name: trainer.logger.get_value(f"mean_fg_dice_{name}", step=0) for name in trainer.member_names}
+        logged["ensemble"] = trainer.logger.get_value("mean_fg_dice", step=0)
+        expected = {}
+        for name in [*trainer.member_names, "ensemble"]:
+            suffix = "" if name == "ensemble" else f"_{name}"
+            tp, fp, fn = (sum(c[f"{kind}_hard{suffix}"] for c in counts) for kind in ("tp", "fp", "fn"))
+            expected[name] = float(np.nanmean([2 * t / (2 * t + f + n) if 2 * t + f + n else np.nan
+                                               for t, f, n in zip(tp, fp, fn)]))
+        everyone = [None] * world_size
+        dist.all_gather_object(everyone, logged)
+
         trainer.save_checkpoint(f"{result_file}.rank{rank}.pth")  # only rank 0 writes
+        metrics = trainer.perform_actual_validation()  # each rank predicts its share of the val cases
         if rank == 0:
+            validation = Path(trainer.output_folder) / "validation"
             torch.save({"identical": all(torch.equal(gathered[0], g) for g in gathered[1:]),
-                        "changed": not torch.equal(initial, final)}, result_file)
+                        "changed": not torch.equal(initial, final),
+                        "online Dice summed over ranks": all(
+                            math.isclose(logged[k], expected[k], abs_tol=1e-6) for k in expected),
+                        "online Dice the same on every rank": all(e == logged for e in everyone),
+                        "validated cases": sorted(p.name for p in validation.glob("*.nii.gz")),
+                        "val keys": sorted(f"{k}.nii.gz" for k in trainer.do_split()[1]),
+                        "dense metrics": metrics is not None and "foreground_mean" in metrics}, result_file)
+        else:
+            assert metrics is None
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_keeps_the_three_networks_in_sync_on_a_gloo_group(nnunet_paths, tmp_path, monkeypatch):
+def test_ddp_trains_validates_and_evaluates_the_default_configuration_on_a_gloo_group(nnunet_paths, tmp_path,
+                                                                                      monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # for the two workers: no spinning threads on a shared CPU
     result = tmp_path / "result.pt"
     mp.spawn(_ddp_worker, args=(2, _free_port(), nnunet_paths, str(result)), nprocs=2, join=True)
     outcome = torch.load(result)
-    assert outcome == {"identical": True, "changed": True}
+    assert outcome.pop("validated cases") == outcome.pop("val keys")  # both ranks' shares, nothing twice
+    assert outcome == {"identical": True, "changed": True, "online Dice summed over ranks": True,
+                       "online Dice the same on every rank": True, "dense metrics": True}
     assert (tmp_path / "result.pt.rank0.pth").is_file() and not (tmp_path / "result.pt.rank1.pth").exists()

@@ -11,6 +11,7 @@ plane; in 2d mode only the in-plane values are used).
 Examples:
   nnunetv2_mamba convert-h5 data/ACDC -d 27 -n ACDCScribble
   nnunetv2_mamba convert-h5 data/ACDC -d 28 -n ACDCScribble2D --mode 2d --splits my_splits.json
+  nnunetv2_mamba convert-h5 data/ACDC_heldout -o heldout --mode 2d --splits test_only.json   # {"test": [...]}
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="voxel spacing in mm, between slices then in plane (default: %(default)s, typical of "
                              "ACDC: 1.5 x 1.5 mm in plane, 5-10 mm between slices)")
     parser.add_argument("--splits", type=Path,
-                        help="JSON with patient id lists 'train', 'val' and optionally 'test' (default: the source "
-                             "folder's splits.json); patients in no list are skipped")
+                        help="JSON with patient id lists 'train', 'val' and optionally 'test', or 'test' alone to "
+                             "convert held-out patients (default: the source folder's splits.json); patients in no "
+                             "list are skipped")
     parser.add_argument("--unlabeled-value", type=int, default=4,
                         help="value of unlabeled pixels in `scribble` (default: %(default)s)")
 

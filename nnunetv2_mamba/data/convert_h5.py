@@ -10,7 +10,8 @@ Target: a scribble dataset (see :mod:`nnunetv2_mamba.data.scribble_dataset`) wit
 (``patient003_frame01``) or one 2D case per slice (``patient003_frame01_slice04``). The train/val split becomes a
 one-fold ``splits_final.json`` in which all frames (and slices) of a patient stay on the same side; val cases are
 training cases of nnU-Net (its fold 0 validates on them), so they have scribbles in ``labelsTr`` and dense labels in
-``labelsTr_dense`` like every training case. Test patients go to ``imagesTs``/``labelsTs`` with dense labels only.
+``labelsTr_dense`` like every training case. Test patients go to ``imagesTs``/``labelsTs`` with dense labels only;
+splits with test patients alone give a folder of held-out patients (``imagesTs``/``labelsTs`` and dataset.json).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def patient_of(volume: str) -> str:
 
 
 def read_splits(splits: str | os.PathLike | Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Patient ids per split from a mapping or a JSON file with ``train``, ``val`` and optionally ``test`` lists."""
+    """Patient ids per split from a mapping or a JSON file with ``train``, ``val`` and optionally ``test`` lists, or
+    with ``test`` alone (held-out patients converted on their own)."""
     if not isinstance(splits, Mapping):
         path = Path(splits)
         try:
@@ -52,8 +54,9 @@ def read_splits(splits: str | os.PathLike | Mapping[str, Sequence[str]]) -> dict
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot read the splits file {path}: {e}") from e
     result = {name: [str(p) for p in splits.get(name, [])] for name in SPLITS}
-    if not result["train"]:
-        raise ValueError(f"the splits name no 'train' patients: {dict(splits)}")
+    if not result["train"] and (result["val"] or not result["test"]):
+        raise ValueError(f"the splits name no 'train' patients: {dict(splits)} (a splits file with 'test' patients "
+                         f"only converts held-out patients alone)")
     seen: dict[str, str] = {}
     for name, patients in result.items():
         for patient in patients:
@@ -123,7 +126,8 @@ def convert_h5(source: str | os.PathLike, target: str | os.PathLike, mode: Liter
     volumes = [(f, split_of[p]) for p, fs in by_patient.items() if p in split_of for f in fs]
     cases_of: dict[str, list[str]] = {name: [] for name in SPLITS}
     with atomic_dataset_folder(target, overwrite) as tmp:
-        for sub in ("imagesTr", "labelsTr", DENSE_LABELS_TR) + (("imagesTs", "labelsTs") if splits["test"] else ()):
+        training = ("imagesTr", "labelsTr", DENSE_LABELS_TR) if splits["train"] else ()
+        for sub in training + (("imagesTs", "labelsTs") if splits["test"] else ()):
             (tmp / sub).mkdir()
         for path, split in tqdm(volumes, desc=f"converting to {mode}"):
             image, label, scribble = _read_volume(path, unlabeled_value, classes)
@@ -147,7 +151,7 @@ def convert_h5(source: str | os.PathLike, target: str | os.PathLike, mode: Liter
                         f"{DENSE_LABELS_TR} and labelsTs.")
         if cases_of["val"]:
             write_splits(tmp, [cases_of])
-        else:
+        elif cases_of["train"]:
             logger.info("no 'val' patients: nnU-Net will make its own 5-fold cross-validation split")
         logger.info(replace(validate_scribble_dataset(tmp, progress=False), folder=target).format())
     return target

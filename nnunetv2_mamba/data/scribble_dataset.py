@@ -217,16 +217,19 @@ def validate_scribble_dataset(folder: str | os.PathLike, max_errors: int = 20,
     classes = list(range(ignore))
     names = {v: k for k, v in labels.items() if k != IGNORE and isinstance(v, int)}
     ending = dataset_json.get("file_ending", FILE_ENDING)
-    cases = get_filenames_of_train_images_and_targets(str(folder), dataset_json)
-    if not cases:
+    cases = (get_filenames_of_train_images_and_targets(str(folder), dataset_json)
+             if (folder / "imagesTr").is_dir() else {})
+    test_labels = sorted((folder / "labelsTs").glob(f"*{ending}")) if (folder / "labelsTs").is_dir() else []
+    if not cases and not test_labels:  # a folder of held-out test patients alone is valid
         raise ScribbleDatasetError(f"{folder / 'imagesTr'}: no training images ending in {ending}")
     errors: list[str] = []
     if dataset_json.get("numTraining") != len(cases):
         errors.append(f"{folder / 'dataset.json'}: numTraining is {dataset_json.get('numTraining')} but imagesTr "
                       f"holds {len(cases)} cases")
-    reader = dataset_reader_writer(dataset_json, next(iter(cases.values()))["images"][0])
+    first_image = (next(iter(cases.values()))["images"][0] if cases
+                   else str(next((folder / "imagesTs").glob(f"*{ending}"), test_labels[0])))
+    reader = dataset_reader_writer(dataset_json, first_image)
     num_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
-    test_labels = sorted((folder / "labelsTs").glob(f"*{ending}")) if (folder / "labelsTs").is_dir() else []
     summary = ScribbleDatasetSummary(folder, {c: names.get(c, str(c)) for c in classes}, len(cases), 0,
                                      len(test_labels), labeled_pixels={c: 0 for c in classes})
 

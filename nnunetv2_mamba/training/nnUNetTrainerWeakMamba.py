@@ -79,31 +79,36 @@ def foreground_counts(logits: torch.Tensor, target: torch.Tensor,
 
 
 class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
-    """Weak-Mamba-UNet in nnU-Net (see the module docstring). Options, as class attributes (variants are small
-    subclasses):
+    """Weak-Mamba-UNet in nnU-Net (see the module docstring) in the best configuration measured on ACDC's val
+    patients; :class:`~nnunetv2_mamba.training.nnUNetTrainerWeakMambaPaper.nnUNetTrainerWeakMambaPaper` is the
+    paper's. Options, as class attributes (variants are small subclasses; the paper's value in brackets):
 
     - ``members``: per dimensionality, the networks by name; ``None`` is the plans' own network (nnU-Net's CNN), other
       values are architectures of ``plans_overrides/``. 2D is the paper's trio; 3D (our extension, not in the paper)
       pairs the CNN with SegMamba and UMambaBot2, the 3D Mamba networks of this package.
     - ``member_arch_kwargs``: per member name, arch_kwargs changed on top of the plans (e.g. smaller token networks).
-    - ``pce_weight``, ``pseudo_label_weight``: weights of the two loss terms (1 and 1 in the paper and its code).
+    - ``pce_weight``, ``pseudo_label_weight``: weights of the two loss terms [1 and 1].
     - ``pseudo_label_rampup``: share of the epochs over which the pseudo-label weight rises along a sigmoid,
-      exp(-5 (1 - t)^2); 0 (the default) means from the start, as the anchor's code trains (it computes a ramp-up
-      but never applies it).
-    - ``pseudo_label_components``: ``"largest"`` reduces every class of the pseudo label to its largest connected
-      component per sample, ``"scribbled"`` to its components that hold a scribble of that class (our addition; see
-      :mod:`~nnunetv2_mamba.training.cross_supervision_loss`). None (the default) keeps it whole, as the paper does.
-    - ``pseudo_label_loss``: ``"dice"`` (the default, the paper's) or ``"dice_ce"``, nnU-Net's Dice plus cross-entropy
-      (our addition, same module).
+      exp(-5 (1 - t)^2) [0: from the start; the anchor's code computes a ramp-up but never applies it]. Untrained
+      networks' pseudo labels otherwise pull the CNN down early on.
+    - ``pseudo_label_components``: ``"scribbled"`` keeps of every class of the pseudo label only its connected
+      components that hold a scribble of that class, ``"largest"`` its largest component per sample [None: whole].
+      Scribble-trained networks put foreground far from the structures; the mixed pseudo label would teach it.
+    - ``pseudo_label_loss``: ``"dice_ce"``, nnU-Net's Dice plus cross-entropy, or ``"dice"`` ["dice"]: Dice alone
+      hardly penalises the small false blobs that the cleaned pseudo label marks as background.
     - ``pseudo_label_margin``: pixels on each side of the pseudo label's class boundaries that it leaves unsupervised
-      (our addition, same module); 0 (the default, the paper's) supervises every pixel.
+      [0], where the pseudo label is least reliable.
     - ``pseudo_label_keeps_scribbles``: the pseudo label's scribbled pixels take their scribbled class before the
-      component rule (our addition, same module); False (the default, the paper's) leaves it as the networks mix it.
+      component rule [False; not kept by us either].
     - ``member_optimizers``: per member name, ``(optimizer, initial learning rate)`` with ``"sgd"`` (nnU-Net's) or
       ``"adamw"`` (nnU-Net's ``nnUNetTrainerAdam``), each with its own poly schedule; members not named keep nnU-Net's
-      SGD at ``initial_lr``. Empty (the default, the paper's): one SGD for all three.
+      SGD at ``initial_lr`` [empty: one SGD for all three]. The 2D token networks learn slowly with SGD (Swin and
+      VMamba are trained with AdamW); the 3D members, not measured, keep SGD.
     - ``validate_networks_separately``: the final validation also predicts with each network alone
       (``validation_<name>/`` beside nnU-Net's ``validation/``, which holds the ensemble).
+
+    :mod:`~nnunetv2_mamba.training.cross_supervision_loss` implements the pseudo-label options; the measured effect
+    of each is in ``documentation/scribble_supervision.md``.
     """
 
     members: dict[int, dict[str, str | None]] = {
@@ -113,12 +118,12 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
     member_arch_kwargs: dict[str, dict] = {}
     pce_weight = 1.0
     pseudo_label_weight = 1.0
-    pseudo_label_rampup = 0.0
-    pseudo_label_components: str | None = None
-    pseudo_label_loss = "dice"
-    pseudo_label_margin = 0
+    pseudo_label_rampup = 0.5
+    pseudo_label_components: str | None = "scribbled"
+    pseudo_label_loss = "dice_ce"
+    pseudo_label_margin = 1
     pseudo_label_keeps_scribbles = False
-    member_optimizers: dict[str, tuple[str, float]] = {}
+    member_optimizers: dict[str, tuple[str, float]] = {"vit": ("adamw", 1e-3), "mamba": ("adamw", 1e-3)}
     validate_networks_separately = True
     gradient_clip = 12.0  # per network, as nnU-Net clips its one network
 
@@ -191,13 +196,14 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
                                     keep_scribbles=self.pseudo_label_keeps_scribbles)
 
     def configure_optimizers(self) -> tuple:
-        if not self.member_optimizers:
+        if not self.member_optimizers:  # the paper's: one SGD for all networks
             return super().configure_optimizers()
         members = unwrap(self.network).members
-        unknown = set(self.member_optimizers) - set(members)
+        known = {name for by_name in self.members.values() for name in by_name}
+        unknown = set(self.member_optimizers) - known
         if unknown:
             raise ValueError(f"{type(self).__name__}.member_optimizers names {sorted(unknown)}, which are not among "
-                             f"its networks {list(members)}")
+                             f"its networks {sorted(known)}")
         settings = {name: self.member_optimizers.get(name, ("sgd", self.initial_lr)) for name in members}
         optimizer = OptimizerGroup({name: nnunet_optimizer(kind, members[name].parameters(), lr, self.weight_decay)
                                     for name, (kind, lr) in settings.items()})
