@@ -27,10 +27,20 @@ COMMANDS: list[tuple[str, str]] = [
 ]
 
 
+# What bad input raises (our errors derive from ValueError): a one-paragraph message, the traceback with --debug only.
+USER_ERRORS = (ValueError, OSError, KeyError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from nnunetv2_mamba.utilities.openmp import choose_wait_policy
+
+    policy = choose_wait_policy()  # before any command imports torch
+    if policy:
+        print(policy, file=sys.stderr)
     parser = argparse.ArgumentParser(
         prog="nnunetv2_mamba",
         description="Mamba networks and scribble-supervised training for nnU-Net v2. Run a subcommand with -h.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS:
         module = importlib.import_module(module_name)
@@ -41,7 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("numexpr").setLevel(logging.WARNING)  # its thread-count notice is noise in our output
-    return args.run(args) or 0
+    try:
+        return args.run(args) or 0
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error ({args.command}): {message}\n(nnunetv2_mamba --debug {args.command} ... shows the traceback)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

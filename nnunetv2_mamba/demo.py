@@ -137,26 +137,37 @@ def prepare_dataset(dims: int, dense: bool, runs: Sequence[DemoRun], divisor: in
     return dataset_id, name
 
 
-def run_timed_training(trainer) -> list[float]:
+def run_timed_training(trainer, progress: TextIO | None = None, title: str = "training") -> list[float]:
     """``trainer.run_training()``; returns the seconds of every training step (the network's work, without data
-    loading and validation)."""
+    loading and validation). With ``progress``, a progress bar of the iterations (epoch, seconds) goes there."""
+    from tqdm import tqdm
+
     seconds: list[float] = []
     step = trainer.train_step
+    total = trainer.num_epochs * trainer.num_iterations_per_epoch
+    bar = tqdm(total=total, initial=trainer.current_epoch * trainer.num_iterations_per_epoch, desc=title,
+               unit="it", file=progress, disable=progress is None, leave=False)
 
     def timed_step(batch: dict) -> dict:
         start = time.perf_counter()
         result = step(batch)
         seconds.append(time.perf_counter() - start)
+        bar.set_postfix_str(f"epoch {trainer.current_epoch + 1}/{trainer.num_epochs}", refresh=False)
+        bar.update()
         return result
 
     trainer.train_step = timed_step
-    trainer.run_training()
+    try:
+        trainer.run_training()
+    finally:
+        bar.close()
     return seconds
 
 
-def train(run: DemoRun, dataset_id: int, device, log: TextIO) -> dict[str, Any]:
-    """Train ``run`` with nnU-Net's trainer; returns the network's size, the median seconds per training iteration
-    and the trained model folder."""
+def train(run: DemoRun, dataset_id: int, device, log: TextIO, progress: TextIO | None = None,
+          title: str = "training") -> dict[str, Any]:
+    """Train ``run`` with nnU-Net's trainer (its output to ``log``, a progress bar to ``progress``); returns the
+    network's size, the median seconds per training iteration and the trained model folder."""
     from nnunetv2.run.run_training import get_trainer_from_args
 
     # augmentation in this process: worker processes cost more than they save on tiny images. (Only for training:
@@ -165,7 +176,7 @@ def train(run: DemoRun, dataset_id: int, device, log: TextIO) -> dict[str, Any]:
     with output_to(log):
         trainer = get_trainer_from_args(str(dataset_id), run.configuration, FOLD, run.trainer, run.plans,
                                         device=device)
-        seconds = run_timed_training(trainer)
+        seconds = run_timed_training(trainer, progress, title)
     return {"params": sum(p.numel() for p in trainer.network.parameters()),
             "seconds_per_iteration": statistics.median(seconds[1:] or seconds),
             "iterations": len(seconds), "model_folder": trainer.output_folder_base}
@@ -202,6 +213,9 @@ def run_demo(folder: Path, runs: Sequence[DemoRun] = RUNS, device: str = "auto",
 
     folder = folder.resolve()
     set_environment(folder)
+    # the progress bars go to this process's stdout as it is now: nnU-Net's output is redirected to the logs below
+    progress = os.fdopen(os.dup((out or sys.stdout).fileno()), "w", buffering=1) if (out or sys.stdout).isatty() \
+        else None
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                 "cpu" if device == "auto" else device)
     divisor = width_divisor or (1 if torch_device.type == "cuda" else 4)
@@ -217,7 +231,7 @@ def run_demo(folder: Path, runs: Sequence[DemoRun] = RUNS, device: str = "auto",
         architectures = ", ".join(dict.fromkeys(r.name for r in group if r.architecture))
         say(f"synthetic {dims}D dataset ({'dense labels' if dense else 'scribbles'}): nnUNetv2_plan_and_preprocess"
             + (f", nnunetv2_mamba plans for {architectures}" if architectures else ""))
-        with open(logs / f"dataset_{dims}d{'' if dense else '_scribbles'}.log", "w") as log:
+        with open(logs / f"dataset_{dims}d{'' if dense else '_scribbles'}.log", "w", buffering=1) as log:
             datasets[dims, dense] = prepare_dataset(dims, dense, group, divisor, log)
         say(f"  done in {time.perf_counter() - started:.0f} s")
 
@@ -227,9 +241,9 @@ def run_demo(folder: Path, runs: Sequence[DemoRun] = RUNS, device: str = "auto",
         dataset_id, dataset_name = datasets[run.dims, run.dense]
         slug = f"{index:02d}_{run.name}_{run.configuration}".replace(" ", "_")
         started = time.perf_counter()
-        with open(logs / f"{slug}.log", "w") as log:
+        with open(logs / f"{slug}.log", "w", buffering=1) as log:
             say(f"{title}: nnUNetv2_train {dataset_id} {run.configuration} {FOLD} -tr {run.trainer} -p {run.plans}")
-            trained = train(run, dataset_id, torch_device, log)
+            trained = train(run, dataset_id, torch_device, log, progress, title)
             say(f"{title}: nnUNetv2_predict -i {dataset_name}/imagesTs -d {dataset_id} -c {run.configuration} "
                 f"-f {FOLD} -tr {run.trainer} -p {run.plans}; evaluation against labelsTs")
             dice = predict_and_evaluate(trained["model_folder"], dataset_name, folder / "predictions" / slug,
@@ -239,6 +253,8 @@ def run_demo(folder: Path, runs: Sequence[DemoRun] = RUNS, device: str = "auto",
                   "iterations": trained["iterations"], "dice": dice, "seconds": time.perf_counter() - started}
         results.append(result)
         say(f"  Dice {dice:.3f}, {trained['seconds_per_iteration']:.2f} s/iteration, {result['seconds']:.0f} s")
+    if progress:
+        progress.close()
     (folder / "demo_results.json").write_text(json.dumps(results, indent=2))
     say("\n" + format_table(results))
     return results

@@ -172,6 +172,16 @@ def test_bad_source_files(crafted, tmp_path, change, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_file_that_is_not_hdf5_is_named_without_a_traceback(crafted, tmp_path, capsys):
+    (crafted / "patient002_frame12.h5").write_bytes(b"not hdf5")
+    assert main(["convert-h5", str(crafted), "-o", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "patient002_frame12.h5: not a readable HDF5 file" in error and "Traceback" not in error
+    assert "--debug" in error and not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="patient002_frame12.h5: not a readable HDF5 file"):
+        main(["--debug", "convert-h5", str(crafted), "-o", str(tmp_path / "out")])
+
+
 def test_bad_arguments(crafted, tmp_path):
     with pytest.raises(ValueError, match=r"no .h5 file for patient\(s\) \['patient009'\]"):
         convert_h5(crafted, tmp_path / "out", splits={"train": ["patient001", "patient009"]})

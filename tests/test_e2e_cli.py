@@ -153,6 +153,8 @@ def test_train_resume_predict_export_import_slim(workspace, tmp_path):
         "-o", installed / "fold_0" / "checkpoint_final_fp16.pth", env=env)
     slim = torch.load(installed / "fold_0" / "checkpoint_final_slim.pth", weights_only=False)
     assert "optimizer_state" not in slim and "logging" not in slim
+    sizes = [(installed / "fold_0" / f"checkpoint_final_{n}.pth").stat().st_size for n in ("fp16", "slim")]
+    assert sizes[0] < 0.6 * sizes[1]  # half-size weights, shared tensors stored once
     inputs = tmp_path / "input"
     inputs.mkdir()
     for index, case in enumerate(cases):

@@ -24,8 +24,8 @@ def env(tmp_path_factory) -> dict[str, str]:
     return scribble_environment(tmp_path_factory, "scribble_cli_results")
 
 
-def train(env: dict[str, str], trainer: str, *extra: str) -> Path:
-    run(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-p", TINY_PLANS, "-device", "cpu", *extra], env)
+def train(env: dict[str, str], trainer: str, *extra: str, device: tuple[str, ...] = ("-device", "cpu")) -> Path:
+    run(["nnUNetv2_train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-p", TINY_PLANS, *device, *extra], env)
     return Path(env["nnUNet_results"]) / DATASET / f"{trainer}__{TINY_PLANS}__2d" / "fold_0"
 
 
@@ -46,6 +46,7 @@ def test_weak_mamba_trains_resumes_predicts_and_evaluates(env, tmp_path):
     # the default configuration: one optimizer per network, the pseudo label ramped up
     assert "Learning rates: cnn 0.010000, vit 0.001000, mamba 0.001000" in log and "Pseudo-label weight" in log
     assert (fold / "checkpoint_final.pth").is_file() and (fold / "progress.png").is_file()
+    assert (fold / "progress_networks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # every network's Dice
     assert_scored_against_dense_labels(env, fold / "validation")  # the ensemble (the smoke variant skips the networks)
 
     # an interrupted run: the final checkpoint as if written after the first of the two epochs
@@ -54,9 +55,11 @@ def test_weak_mamba_trains_resumes_predicts_and_evaluates(env, tmp_path):
     torch.save(checkpoint, fold / "checkpoint_latest.pth")
     (fold / "checkpoint_final.pth").unlink()
     logs_before = set(fold.glob("training_log_*.txt"))
-    train(env, "nnUNetTrainerWeakMamba_smoke", "--c")
+    # nnUNetv2_train's default device is CUDA: without a GPU our trainers run on the CPU instead of failing
+    train(env, "nnUNetTrainerWeakMamba_smoke", "--c", device=() if not torch.cuda.is_available() else ("-device", "cpu"))
     resumed_log = "".join(p.read_text() for p in set(fold.glob("training_log_*.txt")) - logs_before)
     assert "Epoch 1" in resumed_log and "Epoch 0" not in resumed_log
+    assert "Resuming from checkpoint_latest.pth at epoch 1 of 2" in resumed_log
     assert torch.load(fold / "checkpoint_final.pth", weights_only=False)["current_epoch"] == 2
 
     raw = Path(env["nnUNet_raw"]) / DATASET

@@ -174,6 +174,7 @@ def test_plans_build_the_network_and_budget_for_the_branch(plans, configuration)
     print(f"\nUMambaBot2Click {configuration}: {n_branch / 1e6:.2f} M parameters in the click branch")
 
 
+@pytest.mark.slow  # trains for 250 iterations
 def test_training_learns_to_follow_clicks():
     """Where only a click tells which of two identical blobs is meant (the synthetic decoy variant), a short training
     with simulated clicks makes the clicked blob's Dice far better than without clicks: the clicks are used."""

@@ -483,6 +483,26 @@ def test_schedule_variants_set_no_method_option():
             configuration)])] == [], variant.__name__
 
 
+def test_label_values_outside_the_classes_stop_training_at_its_start_naming_the_case(nnunet_paths):
+    trainer = make_trainer(nnUNetTrainerScribbleBaseline_smoke, nnunet_paths)
+    trainer.check_scribble_values()  # the synthetic scribbles are valid
+    tr_keys, _ = trainer.do_split()
+    stock = trainer.dataset_class or type(trainer.get_tr_and_val_datasets()[0])
+
+    class WithAStrayValue(stock):
+        def load_case(self, identifier):
+            data, seg, previous, properties = super().load_case(identifier)
+            if identifier == tr_keys[1]:
+                seg = np.array(seg[:])
+                seg[0, 0, 0] = 7
+            return data, seg, previous, properties
+
+    trainer.dataset_class = WithAStrayValue
+    with pytest.raises(ValueError, match=rf"1 training case\(s\) .* 0..3 and the ignore label 4 .*: {tr_keys[1]} \[7\]"
+                       r".*check-scribbles"):
+        trainer.check_scribble_values()
+
+
 def test_online_validation_reads_dense_labels_aligned_with_the_images(nnunet_paths):
     trainer = make_trainer(nnUNetTrainerScribbleBaseline_smoke, nnunet_paths)
     dataset_tr, dataset_val = trainer.get_tr_and_val_datasets()

@@ -53,8 +53,26 @@ def slim_checkpoint(source: Path, target: Path, fp16: bool = False) -> tuple[int
         raise KeyError(f"{source} lacks {missing}: not an nnU-Net v2 training checkpoint")
     slim = {key: checkpoint[key] for key in KEPT}
     if fp16:
-        slim["network_weights"] = {name: value.half() if value.is_floating_point() else value
-                                   for name, value in checkpoint["network_weights"].items()}
+        slim["network_weights"] = half_weights(checkpoint["network_weights"])
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(slim, target)
     return source.stat().st_size, target.stat().st_size
+
+
+def half_weights(state_dict: dict) -> dict:
+    """Floating-point tensors as float16, each shared tensor converted once: a state dict names a tensor that several
+    modules hold (an ensemble's members, tied weights) once per module, and ``torch.save`` stores a shared tensor
+    once; converting per name would store one copy per name."""
+    import torch
+
+    converted: dict[tuple, torch.Tensor] = {}
+    result = {}
+    for name, value in state_dict.items():
+        if not value.is_floating_point():
+            result[name] = value
+            continue
+        key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), tuple(value.stride()))
+        if key not in converted:
+            converted[key] = value.half()
+        result[name] = converted[key]
+    return result

@@ -70,7 +70,12 @@ def _read_volume(path: Path, unlabeled_value: int, classes: list[int]) -> tuple[
     """(image, dense label, scribble) of one file, slices first, checked against the declared classes."""
     import h5py
 
-    with h5py.File(path, "r") as f:
+    try:
+        file = h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable HDF5 file ({e}); replace or remove it, or leave its patient out of "
+                         f"the splits") from e
+    with file as f:
         missing = [k for k in ("image", "label", "scribble") if k not in f]
         if missing:
             raise ValueError(f"{path}: missing dataset(s) {missing}; found {sorted(f.keys())}")

@@ -7,8 +7,8 @@ built from the plans' configuration, so nnU-Net's SGD with its poly schedule tra
 network, :mod:`~nnunetv2_mamba.training.member_optimizers`), checkpoints and ``--c`` hold all three with the
 optimizer state, DDP wraps all three, and ``nnUNetv2_predict`` predicts with the
 ensemble (mean softmax) or, with ``nnUNet_ensemble_member=<name>``, with one network alone. Validation is against
-dense labels where the dataset has them (:class:`~nnunetv2_mamba.training.dense_validation.DenseValidationMixin`) and
-reports every network and the ensemble.
+dense labels where the dataset has them (:class:`~nnunetv2_mamba.training.scribble_trainer.ScribbleTrainerMixin`)
+and reports every network and the ensemble.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from torch import autocast
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from nnunetv2_mamba.data.scribble_dataset import ignore_label_of
 from nnunetv2_mamba.nets.network_ensemble import ENSEMBLE, NetworkEnsemble, ensemble_log_probabilities, \
     full_resolution
 from nnunetv2_mamba.plans.derive import IMPORTED_KWARGS
@@ -37,10 +36,10 @@ from nnunetv2_mamba.plans.errors import PlansError
 from nnunetv2_mamba.plans.overrides import load_override
 from nnunetv2_mamba.plans.translate import TRANSLATIONS
 from nnunetv2_mamba.training.cross_supervision_loss import CrossSupervisionLoss, as_list
-from nnunetv2_mamba.training.dense_validation import DenseValidationMixin
 from nnunetv2_mamba.training.member_optimizers import OptimizerGroup, SchedulerGroup, nnunet_optimizer
 from nnunetv2_mamba.training.nnUNetTrainerConsistency import sigmoid_rampup
 from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba, unwrap
+from nnunetv2_mamba.training.scribble_trainer import ScribbleTrainerMixin
 
 MEMBER_ENVIRONMENT_VARIABLE = "nnUNet_ensemble_member"
 
@@ -78,7 +77,7 @@ def foreground_counts(logits: torch.Tensor, target: torch.Tensor,
     return tuple(x.detach().cpu().numpy()[1:] for x in (tp, fp, fn))
 
 
-class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
+class nnUNetTrainerWeakMamba(ScribbleTrainerMixin, nnUNetTrainerMamba):
     """Weak-Mamba-UNet in nnU-Net (see the module docstring) in the best configuration measured on ACDC's val
     patients; :class:`~nnunetv2_mamba.training.nnUNetTrainerWeakMambaPaper.nnUNetTrainerWeakMambaPaper` is the
     paper's. Options, as class attributes (variants are small subclasses; the paper's value in brackets):
@@ -129,7 +128,6 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        ignore_label_of(dataset_json["labels"], "dataset.json")  # a dense dataset fails here, not mid-training
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.label_manager.has_regions:
             raise ValueError(f"{type(self).__name__} needs class labels (its pseudo label is an argmax over "
@@ -290,6 +288,29 @@ class nnUNetTrainerWeakMamba(DenseValidationMixin, nnUNetTrainerMamba):
             f"{name} {self.logger.get_value(f'mean_fg_dice_{name}', step=epoch):.4f}" for name in self.member_names)
             + f", ensemble {self.logger.get_value('mean_fg_dice', step=epoch):.4f}")
         super().on_epoch_end()
+        if self.local_rank == 0:
+            self.plot_networks_progress()
+
+    def plot_networks_progress(self) -> None:
+        """``progress_networks.png`` beside nnU-Net's ``progress.png`` (which shows the ensemble): the online
+        validation Dice of every network and of the ensemble per epoch."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        history = self.logger.local_logger.my_fantastic_logging
+        epochs = len(history["mean_fg_dice"])
+        with plt.style.context("default"):  # nnU-Net's progress plot leaves seaborn's huge fonts behind
+            fig, ax = plt.subplots(figsize=(10, 6))
+            for name in [*self.member_names, ENSEMBLE]:
+                key = "mean_fg_dice" if name == ENSEMBLE else f"mean_fg_dice_{name}"
+                ax.plot(range(epochs), history[key][:epochs], label=name, linewidth=3 if name == ENSEMBLE else 1.5)
+            ax.set(xlabel="epoch", ylabel="online validation Dice (mean over classes)", ylim=(0, 1))
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(Path(self.output_folder) / "progress_networks.png")
+            plt.close(fig)
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> dict | None:
         """nnU-Net's final validation with the ensemble into ``validation/`` (what nnU-Net's tools read), before it,

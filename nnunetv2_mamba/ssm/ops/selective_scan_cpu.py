@@ -1,6 +1,6 @@
 """The fused CPU selective scan (``csrc/selective_scan_cpu.cpp``): compiled on first use by PyTorch's JIT extension
-builder (about 30 s, once per machine, torch version and instruction set) and cached under ``TORCH_EXTENSIONS_DIR``
-(default ``~/.cache/torch_extensions``).
+builder (about 30 s, once per Python environment, torch version and instruction set) and cached under
+``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``).
 
 Why a compiled kernel: on a CPU the pure-PyTorch scan's time goes into one tiny op per time step; one C++ loop over
 time, vectorised across channels, is several times faster (``documentation/benchmarks.md``). It is optional: without
@@ -11,6 +11,7 @@ pure-PyTorch scan runs, with the same results to rounding.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -54,9 +55,11 @@ def build_name() -> str:
 
 
 def build_directory() -> Path:
-    """Where the extension is built and cached (torch's default root, one folder per Python version)."""
+    """Where the extension is built and cached: torch's default root, one folder per Python environment (the build
+    files name the environment's include paths, so two virtualenvs sharing a folder would rebuild each other's)."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
-    return Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}" / build_name()
+    environment = hashlib.sha1(os.path.realpath(sys.prefix).encode()).hexdigest()[:8]
+    return Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}_{environment}" / build_name()
 
 
 @functools.cache
