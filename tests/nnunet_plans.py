@@ -1,6 +1,7 @@
-"""Real nnU-Net plans for network tests: nnU-Net's own ResEnc (M) planner run on the fingerprint of an ACDC-like
-dataset (cine MRI, 1.5625 mm in-plane, 5-10 mm slices, about 18 x 237 x 208 voxels after resampling; no image files
-are needed). It yields nnU-Net's documented ACDC ResEnc configurations: 2d patch 256 x 224, 3d_fullres 20 x 256 x 224.
+"""Real nnU-Net plans for network tests: nnU-Net's own ResEnc (M) planner (or another, e.g. the default
+``ExperimentPlanner`` of ``nnUNetPlans``) run on the fingerprint of an ACDC-like dataset (cine MRI, 1.5625 mm in-plane,
+5-10 mm slices, about 18 x 237 x 208 voxels after resampling; no image files are needed). It yields nnU-Net's
+documented ACDC ResEnc configurations: 2d patch 256 x 224, 3d_fullres 20 x 256 x 224.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch
 from nnunetv2.experiment_planning.experiment_planners import default_experiment_planner
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import \
     nnUNetPlannerResEncM
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -21,8 +23,9 @@ SPACINGS = [[10.0, 1.5625, 1.5625], [5.0, 1.5625, 1.5625]] * (CASES // 2)
 SHAPES = [[9, 237, 208], [18, 237, 208]] * (CASES // 2)
 
 
-def acdc_like_configurations(root: Path) -> dict[str, dict]:
-    """The '2d' and '3d_fullres' configurations nnU-Net's ResEnc M planner writes for an ACDC-like dataset."""
+def acdc_like_configurations(root: Path, planner: type[ExperimentPlanner] = nnUNetPlannerResEncM) -> dict[str, dict]:
+    """The '2d' and '3d_fullres' configurations ``planner`` (nnU-Net's ResEnc M planner by default) writes for an
+    ACDC-like dataset."""
     raw, preprocessed = root / "raw" / DATASET, root / "preprocessed" / DATASET
     raw.mkdir(parents=True)
     preprocessed.mkdir(parents=True)
@@ -41,10 +44,10 @@ def acdc_like_configurations(root: Path) -> dict[str, dict]:
     default_experiment_planner.nnUNet_preprocessed = str(root / "preprocessed")
     threads = torch.get_num_threads()
     try:
-        planner = nnUNetPlannerResEncM(DATASET)
+        planned = planner(DATASET)
         voxels = 18 * 237 * 208 * CASES
-        return {"2d": planner.get_plans_for_configuration([1.5625, 1.5625], [237, 208], "2d", voxels, {}),
-                "3d_fullres": planner.get_plans_for_configuration([5.0, 1.5625, 1.5625], [18, 237, 208],
+        return {"2d": planned.get_plans_for_configuration([1.5625, 1.5625], [237, 208], "2d", voxels, {}),
+                "3d_fullres": planned.get_plans_for_configuration([5.0, 1.5625, 1.5625], [18, 237, 208],
                                                                   "3d_fullres", voxels, {})}
     finally:
         default_experiment_planner.nnUNet_raw, default_experiment_planner.nnUNet_preprocessed = paths

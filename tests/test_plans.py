@@ -13,8 +13,9 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_plans import acdc_like_configurations, build
 from nnunetv2_mamba.demo import narrow_plans
+from nnunetv2_mamba.nets.planner_kwargs import RESENC_BLOCKS_PER_STAGE
 from nnunetv2_mamba.plans import PlansError, architectures, derive_plans, load_override, write_plans
-from nnunetv2_mamba.plans.translate import RESENC_BLOCKS_PER_STAGE, TRANSLATIONS
+from nnunetv2_mamba.plans.translate import TRANSLATIONS
 
 DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2, "c": 3},
                 "numTraining": 4, "file_ending": ".nii.gz"}

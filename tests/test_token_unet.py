@@ -1,5 +1,5 @@
 """The nnU-Net contract of both token U-Nets (MambaUNet, SwinUNet): shapes, deep supervision, strides, padding,
-building from plans, the feature-map estimate, and checkpoint reading."""
+building from plans, per-axis strides and per-level widths, the feature-map estimate, and checkpoint reading."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.models.swin_transformer import PatchMerging as TimmPatchMerging
 
 from nnunetv2_mamba.nets.mamba_unet import MambaUNet
+from nnunetv2_mamba.nets.patch_ops import PatchMerging
 from nnunetv2_mamba.nets.pretrained import read_state_dict
 from nnunetv2_mamba.nets.swin_unet import SwinUNet
 
@@ -72,9 +74,36 @@ def test_strides_are_validated(cls):
     assert small(cls, strides=[1, 4, 2, 2, 2]).strides == STRIDES
     three_stages = {"depths": (1, 1, 1), **({"num_heads": (1, 2, 3)} if cls is SwinUNet else {})}
     assert small(cls, patch_size=2, **three_stages).strides == [[1, 1], [2, 2], [2, 2], [2, 2]]
-    for wrong in ([[1, 1], [2, 2], [2, 2], [2, 2], [2, 2]], STRIDES[:-1], [[1, 1, 1], [4, 4, 4], [2, 2, 2]]):
-        with pytest.raises(ValueError, match=r"must be \[\[1, 1\], \[4, 4\], \[2, 2\], \[2, 2\], \[2, 2\]\]"):
+    one_axis = [[1, 1], [4, 4], [2, 2], [2, 1], [2, 2]]  # a merging may downsample one axis only, as nnU-Net plans
+    assert small(cls, strides=one_axis).strides == one_axis
+    for wrong in ([[1, 1], [2, 2], [2, 2], [2, 2], [2, 2]], STRIDES[:-1], [[1, 1, 1], [4, 4, 4], [2, 2, 2]],
+                  [[2, 2], [4, 4], [2, 2], [2, 2], [2, 2]]):
+        with pytest.raises(ValueError, match=r"by default \[\[1, 1\], \[4, 4\], \[2, 2\], \[2, 2\], \[2, 2\]\]"):
             small(cls, strides=wrong)
+
+
+@NETWORKS
+def test_anisotropic_patch_merging_and_widths_per_level(cls):
+    """Per-axis strides (nnU-Net's planners stop downsampling an exhausted axis) and one width per level."""
+    strides = [[1, 1], [2, 4], [2, 2], [2, 1], [1, 2]]
+    heads = {"num_heads": (1, 1, 2, 2)} if cls is SwinUNet else {}
+    net = small(cls, strides=strides, patch_size=[2, 4], embed_dim=[8, 16, 16, 24], deep_supervision=True, **heads)
+    assert net.dims == [8, 16, 16, 24]
+    x = torch.randn(1, 1, 20, 60, requires_grad=True)  # padded to the total stride (8, 16), cropped back
+    out = net(x)
+    assert [tuple(o.shape[2:]) for o in out] == [(20, 60), (10, 15), (5, 8), (3, 8)]
+    sum(o.square().mean() for o in out).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert [tuple(o.shape[2:]) for o in net(torch.randn(1, 1, 32, 64))] == \
+        deep_supervision_shapes([32, 64], strides)
+
+
+def test_patch_merging_is_timms_for_2x2():
+    """Same parameters and concatenation order as Swin's / VMamba's merging, so their checkpoints load."""
+    theirs, ours = TimmPatchMerging(6), PatchMerging(6)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 4, 6, 6)
+    torch.testing.assert_close(ours(x), theirs(x))
 
 
 @NETWORKS

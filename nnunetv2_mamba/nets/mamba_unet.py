@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath
 
-from nnunetv2_mamba.nets.token_unet import TokenUNet
+from nnunetv2_mamba.nets.planner_kwargs import accepts_planner_kwargs
+from nnunetv2_mamba.nets.token_unet import TokenUNet, from_planner
 from nnunetv2_mamba.ssm.modules.ss2d import SS2D
 
 
@@ -39,8 +40,10 @@ class MambaUNet(TokenUNet):
 
     checkpoint_renames = {"ln_1.": "norm.", "self_attention.": "ss2d."}
 
+    @accepts_planner_kwargs(from_planner)
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False,
-                 strides: Sequence | None = None, patch_size: int = 4, embed_dim: int = 96,
+                 strides: Sequence | None = None, patch_size: int | Sequence[int] = 4,
+                 embed_dim: int | Sequence[int] = 96,
                  depths: Sequence[int] = (2, 2, 2, 2), d_state: int = 16, expand: int = 2, d_conv: int = 3,
                  drop_path_rate: float = 0.2, pretrained: str | None = None):
         def block(dim: int, level: int, index: int, drop_path: float) -> VSSBlock:

@@ -12,7 +12,9 @@ Resolution levels 0..n-1 follow nnU-Net's convention (level k is reached by the 
   ``UNetResDecoder``, with nnU-Net's deep supervision.
 
 SegMamba's defaults are ``features_per_stage = (48, 96, 192, 384, 768)`` (the four Mamba widths and the 768-wide
-bottleneck block) and ``strides`` of 2 on every level but the first (``(1, 1, 1), (2, 2, 2), ...``).
+bottleneck block) and ``strides`` of 2 on every level but the first (``(1, 1, 1), (2, 2, 2), ...``). Planner
+arch_kwargs (3D ``nnUNetPlans`` or ResEnc plans with only ``network_class_name`` changed) are taken as they are, less
+their block counts (:func:`from_planner`).
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from dynamic_network_architectures.building_blocks.unet_residual_decoder import 
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 
+from nnunetv2_mamba.nets.planner_kwargs import Adapted, ArchKwargs, accepts_planner_kwargs, without_block_counts
 from nnunetv2_mamba.ssm.modules import GridSSM, TriMamba
 
 IntOrSeq = int | Sequence[int]
+TOM_LAYERS = 2  # SegMamba's ToM layers per Mamba stage (``depths``)
 
 
 def _per_stage(value, n: int, name: str) -> list:
@@ -157,6 +161,21 @@ class SegMambaEncoder(nn.Module):
         return output
 
 
+def _default_decoder_blocks(n_stages: int) -> list[int]:
+    """SegMamba's residual blocks per decoder stage, lowest resolution first: one each, two at full resolution."""
+    return [1] * (n_stages - 2) + [2]
+
+
+def from_planner(name: str, kwargs: ArchKwargs) -> Adapted:
+    """Planner arch_kwargs less their block counts: SegMamba's encoder stages have their own layers and its decoder
+    keeps SegMamba's block counts."""
+    own = without_block_counts(kwargs)
+    chose = {"n_conv_per_stage_decoder": _default_decoder_blocks(kwargs["n_stages"])}
+    if "depths" not in own:
+        chose = {"depths": TOM_LAYERS, **chose}
+    return Adapted(own, [key for key in kwargs if key not in own], chose)
+
+
 class SegMamba(nn.Module):
     """SegMamba for nnU-Net plans (3D). Arguments as nnU-Net's ``arch_kwargs``; see the module docstring for levels.
 
@@ -171,10 +190,11 @@ class SegMamba(nn.Module):
             (SegMamba: 2); stem_kernel_size: of the stem conv along downsampled axes (SegMamba: 7).
     """
 
+    @accepts_planner_kwargs(from_planner)
     def __init__(self, input_channels: int, num_classes: int, n_stages: int, features_per_stage: IntOrSeq,
                  conv_op: type[_ConvNd], strides: Sequence[IntOrSeq], kernel_sizes: IntOrSeq | Sequence[IntOrSeq] = 3,
-                 depths: IntOrSeq = 2, n_conv_per_stage_decoder: IntOrSeq | None = None, conv_bias: bool = True,
-                 norm_op: type[nn.Module] | None = None, norm_op_kwargs: dict | None = None,
+                 depths: IntOrSeq = TOM_LAYERS, n_conv_per_stage_decoder: IntOrSeq | None = None,
+                 conv_bias: bool = True, norm_op: type[nn.Module] | None = None, norm_op_kwargs: dict | None = None,
                  dropout_op: type[_DropoutNd] | None = None, dropout_op_kwargs: dict | None = None,
                  nonlin: type[nn.Module] | None = None, nonlin_kwargs: dict | None = None,
                  deep_supervision: bool = False, d_state: int = 16, d_conv: int = 4, expand: int = 2,
@@ -194,7 +214,7 @@ class SegMamba(nn.Module):
             raise ValueError(f"SegMamba: strides[0] must be 1 on every axis (level 0 is the full-resolution skip and "
                              f"the stem downsamples by strides[1]); got strides={strides}")
         if n_conv_per_stage_decoder is None:
-            n_conv_per_stage_decoder = [1] * (n_stages - 2) + [2]
+            n_conv_per_stage_decoder = _default_decoder_blocks(n_stages)
         n_conv_per_stage_decoder = _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder")
         self.encoder = SegMambaEncoder(input_channels, n_stages, features, conv_op, kernel_sizes, strides,
                                        _per_stage(depths, n_stages - 1, "depths"), conv_bias, norm_op, norm_op_kwargs,

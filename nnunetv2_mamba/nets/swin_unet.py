@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse
 
-from nnunetv2_mamba.nets.token_unet import TokenUNet
+from nnunetv2_mamba.nets.planner_kwargs import Adapted, ArchKwargs, accepts_planner_kwargs
+from nnunetv2_mamba.nets.token_unet import TokenUNet, from_planner, token_widths
 
+HEAD_DIM = 32  # Swin-T's channels per attention head (96 / 3); sets num_heads from planner widths
 MASKED = -100.0  # Swin's additive mask value: finite, so a query whose keys are all masked stays finite
 
 
@@ -93,14 +95,27 @@ class SwinBlock(nn.Module):
                          + 2 * self.num_heads * w * w)
 
 
+def swin_from_planner(name: str, kwargs: ArchKwargs) -> Adapted:
+    """The token U-Nets' planner mapping (:func:`~nnunetv2_mamba.nets.token_unet.from_planner`), plus one attention
+    head per :data:`HEAD_DIM` channels of each level's width (the largest count up to that dividing the width)."""
+    adapted = from_planner(name, kwargs)
+    if "num_heads" not in kwargs:
+        widths = token_widths(adapted.kwargs["embed_dim"], len(adapted.kwargs["depths"]))
+        heads = [next(h for h in range(max(1, width // HEAD_DIM), 0, -1) if width % h == 0) for width in widths]
+        adapted.kwargs["num_heads"] = adapted.chose["num_heads"] = heads
+    return adapted
+
+
 class SwinUNet(TokenUNet):
     """Shifted-window transformer U-Net (Swin-Unet); see :mod:`nnunetv2_mamba.nets.token_unet` for the skeleton and
     the ``strides`` / deep-supervision contract, and documentation/networks.md for the arch_kwargs."""
 
     checkpoint_ignored = ("head.", "attn_mask", "relative_position_index")
 
+    @accepts_planner_kwargs(swin_from_planner)
     def __init__(self, input_channels: int, num_classes: int, deep_supervision: bool = False,
-                 strides: Sequence | None = None, patch_size: int = 4, embed_dim: int = 96,
+                 strides: Sequence | None = None, patch_size: int | Sequence[int] = 4,
+                 embed_dim: int | Sequence[int] = 96,
                  depths: Sequence[int] = (2, 2, 2, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  window_size: int = 7, mlp_ratio: float = 4.0, drop_path_rate: float = 0.2,
                  pretrained: str | None = None):

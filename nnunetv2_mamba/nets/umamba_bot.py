@@ -6,7 +6,8 @@ then the standard decoder. As in the U-Mamba2 code, the layer's output replaces 
 
 Their constructor arguments are those of ``ResidualEncoderUNet`` (the ``arch_kwargs`` of nnU-Net's ResEnc plans), plus
 the SSM options below with U-Mamba2's / U-Mamba's defaults; so a ResEnc plans file only needs its
-``network_class_name`` changed. Any bottleneck width works: where ``2 * C`` is not a multiple of ``headdim``, our
+``network_class_name`` changed, and so does a plain ``nnUNetPlans`` file (its convolution counts become ResEnc's block
+counts, :func:`from_planner`). Any bottleneck width works: where ``2 * C`` is not a multiple of ``headdim``, our
 ``Mamba2`` uses the largest head dimension below it that divides ``2 * C`` (U-Mamba2 asserts instead, which fails on
 nnU-Net's 512-wide 2D bottlenecks).
 """
@@ -21,13 +22,26 @@ import torch
 import torch.nn as nn
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
+from nnunetv2_mamba.nets.planner_kwargs import Adapted, ArchKwargs, accepts_planner_kwargs, \
+    residual_encoder_blocks, without_block_counts
 from nnunetv2_mamba.ssm.modules import GridSSM, Mamba, Mamba2
+
+
+def from_planner(name: str, kwargs: ArchKwargs) -> Adapted | None:
+    """ResEnc plans are these networks' own arguments; plain U-Net plans get the block counts of nnU-Net's ResEnc
+    planner in place of their convolution counts."""
+    if "n_conv_per_stage" not in kwargs:
+        return None
+    blocks = residual_encoder_blocks(kwargs)
+    return Adapted({**without_block_counts(kwargs), **blocks}, ["n_conv_per_stage", "n_conv_per_stage_decoder"],
+                   blocks)
 
 
 class MambaBottleneckUNet(ResidualEncoderUNet):
     """``ResidualEncoderUNet`` with ``ssm_layer(C)`` applied to the bottleneck's voxels; the common body of
     :class:`UMambaBot2` and :class:`UMambaBot`, which choose the layer."""
 
+    @accepts_planner_kwargs(from_planner)
     def __init__(self, *args, ssm_layer: Callable[[int], nn.Module], **kwargs):
         super().__init__(*args, **kwargs)
         width = self.encoder.output_channels[-1]

@@ -3,7 +3,9 @@ from its override file, where) -> the network's ``arch_kwargs``.
 
 Every nnU-Net planner (``nnUNetPlans``, the ResEnc presets) writes the same topology keys: stages, features, strides,
 kernel sizes, conv/norm/dropout/nonlinearity ops. The translations keep that dataset-adapted topology and add the
-network's own options (SSM sizes, depths), which come from the override file.
+network's own options (SSM sizes, depths), which come from the override file. The networks also take planner
+arch_kwargs as they are (:mod:`nnunetv2_mamba.nets.planner_kwargs`, whose functions these build on); the difference
+is the token U-Nets, which there follow the plans' stages and here keep their own patch embedding and levels.
 """
 
 from __future__ import annotations
@@ -12,38 +14,25 @@ import math
 from copy import deepcopy
 from typing import Any, Callable
 
+from nnunetv2_mamba.nets import planner_kwargs
+from nnunetv2_mamba.nets.token_unet import token_unet_strides
 from nnunetv2_mamba.plans.errors import PlansError
-
-TOPOLOGY = ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "conv_bias", "norm_op",
-            "norm_op_kwargs", "dropout_op", "dropout_op_kwargs", "nonlin", "nonlin_kwargs")
-
-# nnU-Net's ResEncUNetPlanner: residual blocks per encoder stage (one per decoder stage)
-RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
 
 ArchKwargs = dict[str, Any]
 
 
 def topology(base: ArchKwargs, where: str) -> ArchKwargs:
     """The topology keys of ``base`` (copied), or a clear error for plans not written by an nnU-Net planner."""
-    missing = [key for key in TOPOLOGY if key not in base]
-    if missing:
-        raise PlansError(f"{where}: its arch_kwargs lack {missing}, so there is no U-Net topology to translate. "
-                         f"Derive from plans written by nnU-Net's planners (nnUNetPlans, nnUNetResEncUNet*Plans).")
-    return {key: deepcopy(base[key]) for key in TOPOLOGY}
+    try:
+        return planner_kwargs.topology(base, where)
+    except ValueError as e:
+        raise PlansError(str(e)) from e
 
 
 def residual_encoder_unet(base: ArchKwargs, defaults: ArchKwargs, where: str) -> ArchKwargs:
     """UMambaBot2 / UMambaBot take ``ResidualEncoderUNet``'s arguments: ResEnc plans carry over unchanged; plain
     U-Net plans get the block counts of nnU-Net's ResEnc planner."""
-    kwargs = topology(base, where)
-    n_stages = kwargs["n_stages"]
-    if "n_blocks_per_stage" in base:
-        kwargs["n_blocks_per_stage"] = deepcopy(base["n_blocks_per_stage"])
-        kwargs["n_conv_per_stage_decoder"] = deepcopy(base["n_conv_per_stage_decoder"])
-    else:
-        kwargs["n_blocks_per_stage"] = list(RESENC_BLOCKS_PER_STAGE[:n_stages])
-        kwargs["n_conv_per_stage_decoder"] = [1] * (n_stages - 1)
-    return {**kwargs, **deepcopy(defaults)}
+    return {**topology(base, where), **planner_kwargs.residual_encoder_blocks(base), **deepcopy(defaults)}
 
 
 def segmamba(base: ArchKwargs, defaults: ArchKwargs, where: str) -> ArchKwargs:
@@ -71,7 +60,7 @@ def token_unet(base: ArchKwargs, defaults: ArchKwargs, where: str) -> ArchKwargs
     for per_level in ("depths", "num_heads"):
         if per_level in kwargs:
             kwargs[per_level] = kwargs[per_level][:levels]
-    kwargs["strides"] = [[1, 1], [patch, patch]] + [[2, 2]] * (levels - 1)
+    kwargs["strides"] = token_unet_strides(patch, levels)
     return kwargs
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import pydoc
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
+
+from nnunetv2_mamba.plans.overrides import architectures, load_override
+from nnunetv2_mamba.training.usability import UsabilityMixin
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -17,7 +23,18 @@ def unwrap(network: nn.Module) -> nn.Module:
     return network
 
 
-class nnUNetTrainerMamba(nnUNetTrainer):
+def unknown_network_class(class_name: str, plans_name: str) -> str:
+    """Why ``class_name`` cannot be built, with the closest of our architectures and the list of them."""
+    ours = {name: load_override(name)["architecture"]["network_class_name"] for name in architectures()}
+    close = difflib.get_close_matches(class_name.rpartition(".")[2], list(ours), n=1)
+    hint = f" Did you mean {ours[close[0]]!r}?" if close else ""
+    listed = ", ".join(f"{name} ({path})" for name, path in ours.items())
+    return (f"network_class_name {class_name!r} in plans {plans_name!r} is not a class that can be imported.{hint} "
+            f"Our architectures: {listed}; nnU-Net's own are in dynamic_network_architectures.architectures (e.g. "
+            f"dynamic_network_architectures.architectures.unet.PlainConvUNet).")
+
+
+class nnUNetTrainerMamba(UsabilityMixin, nnUNetTrainer):
     """Stock nnU-Net training (SGD, poly LR, Dice+CE with deep supervision, gradient clipping at norm 12 as U-Mamba2
     trains) for any network in the plans; it differs from ``nnUNetTrainer`` only where that assumes nnU-Net's UNet:
 
@@ -25,7 +42,23 @@ class nnUNetTrainerMamba(nnUNetTrainer):
       a Python loop over time steps that compiles slowly into a huge graph, and the CUDA kernels are graph breaks.
     - deep supervision is switched on whichever module holds the ``deep_supervision`` flag (``decoder`` for nnU-Net's
       UNets and ours, or the network itself), with a clear error for networks that have none.
+    - a ``network_class_name`` that does not import is reported by name, with our architectures.
+    - without a GPU it runs on the CPU and a resumed training says where it resumed (:class:`UsabilityMixin`).
     """
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """nnU-Net's; where it cannot find the class (its ImportError does not name it), our message instead."""
+        try:
+            return super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                      num_output_channels, enable_deep_supervision)
+        except ImportError:
+            class_name = configuration_manager.network_arch_class_name
+            if pydoc.locate(class_name) is not None:  # the class exists: the ImportError is about something else
+                raise
+            raise ImportError(unknown_network_class(class_name, plans_manager.plans_name)) from None
 
     def _do_i_compile(self) -> bool:
         explicitly_on = os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t")
