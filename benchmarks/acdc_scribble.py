@@ -42,8 +42,8 @@ Outputs in ``<work>/<budget>/``: ``acdc_scribble_<budget>_<test>.md`` (the table
 evaluations and training curves) and ``.png``; per seed, the models in ``seed<N>/nnUNet_results*``, predictions and
 evaluations in ``<test>/seed<N>/``; nnU-Net's logs in ``<work>/logs``.
 
-    python benchmarks/acdc_scribble.py --budget cpu [--seeds 0 1 2] [--paper] [--ablation] [--data DIR]
-        [--splits FILE] [--work DIR] [--on test|val] [--test-images DIR --test-labels DIR] [--patients N]
+    python benchmarks/acdc_scribble.py --budget cpu [--seeds 0 1 2] [--paper] [--ablation] [--distances mm|px]
+        [--data DIR] [--splits FILE] [--work DIR] [--on test|val] [--test-images DIR --test-labels DIR] [--patients N]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ CHECKPOINT = "checkpoint_best.pth"  # selected on the val split by nnU-Net's onl
 IMAGE_SUFFIX = "_0000.nii.gz"  # the converter's single channel and file ending
 ABLATION = ("MambaUNet", "SwinUNet")
 POSTPROCESSED = "__largest_component"  # suffix of the post-processed predictions and evaluations
-VOLUME = "__volume"  # suffix of the per-volume evaluations
+VOLUME = {"mm": "__volume", "px": "__volume_px"}  # suffix of the per-volume evaluations, by distance unit
 MIN_FEATURE_MAP = 4  # nnU-Net's planner: UNet_featuremap_min_edge_length
 NEAR = 10  # pixels: a false positive this close to the true structures is a boundary error, farther a false blob
 Say = Callable[[str], None]  # progress output
@@ -532,9 +532,10 @@ def postprocess_and_evaluate(rows: list[Method], labels: Path, folder: Path, say
         write_results(results, folder / "evaluations" / slug)
 
 
-def evaluate_volumes(rows: list[Method], labels: Path, folder: Path, slice_spacing: float, say: Say) -> None:
+def evaluate_volumes(rows: list[Method], labels: Path, folder: Path, slice_spacing: float, unit: str,
+                     say: Say) -> None:
     """Every row's slice predictions (and the references) stacked into volumes (``folder/volumes/``) and scored per
-    volume with distances in mm into ``folder/evaluations/<row>__volume.json``."""
+    volume with distances in ``unit`` (mm or px) into ``folder/evaluations/<row>__volume[_px].json``."""
     from nnunetv2_mamba.evaluation.metrics import evaluate_folders, write_results
     from nnunetv2_mamba.evaluation.volumes import stack_slices
 
@@ -550,13 +551,13 @@ def evaluate_volumes(rows: list[Method], labels: Path, folder: Path, slice_spaci
         stack_slices(with_predictions, references.with_name("reference.tmp"), slice_spacing)
         references.with_name("reference.tmp").rename(references)
     for row in rows:
-        slug = f"{row.slug}{VOLUME}"
+        slug = f"{row.slug}{VOLUME[unit]}"
         if (folder / "evaluations" / f"{slug}.json").is_file():
             continue
         output = folder / "volumes" / row.slug
         shutil.rmtree(output, ignore_errors=True)
         stack_slices(folder / "predictions" / row.slug, output, slice_spacing)
-        results = evaluate_folders(references, output, dataset_json, use_spacing=True, progress=False)
+        results = evaluate_folders(references, output, dataset_json, use_spacing=unit == "mm", progress=False)
         write_results(results, folder / "evaluations" / slug)
         say(f"{row.name}: per-volume foreground Dice {results['foreground_mean']['Dice']:.4f} "
             f"({len(results['per_case'])} volumes)")
@@ -600,17 +601,18 @@ def training_curves(model_folder: Path) -> dict[str, list[float]]:
     return {k: [float(v) for v in logging[k]] for k in keys if k in logging}
 
 
-def seed_row(method: Method, folder: Path, labels: Path, classes: dict[int, str], timing: dict) -> dict[str, Any]:
-    """One seed's numbers of one row: per-volume Dice per class and mean, HD95 and ASD (mm); per-slice mean Dice,
+def seed_row(method: Method, folder: Path, labels: Path, classes: dict[int, str], timing: dict,
+             unit: str) -> dict[str, Any]:
+    """One seed's numbers of one row: per-volume Dice per class and mean, HD95 and ASD (``unit``); per-slice mean Dice,
     before and after largest-component post-processing; the error breakdown; the training's cost."""
     def evaluation(suffix: str) -> dict:
         return json.loads((folder / "evaluations" / f"{method.slug}{suffix}.json").read_text())
 
-    volume, per_slice, postprocessed = evaluation(VOLUME), evaluation(""), evaluation(POSTPROCESSED)
+    volume, per_slice, postprocessed = evaluation(VOLUME[unit]), evaluation(""), evaluation(POSTPROCESSED)
     errors = error_breakdown(folder / "predictions" / method.slug, labels, list(classes))
     return {**{name: volume["per_class"][str(label)]["mean"]["Dice"] for label, name in classes.items()},
-            "mean Dice": volume["foreground_mean"]["Dice"], "HD95 (mm)": volume["foreground_mean"]["HD95"],
-            "ASD (mm)": volume["foreground_mean"]["ASD"], "slice Dice": per_slice["foreground_mean"]["Dice"],
+            "mean Dice": volume["foreground_mean"]["Dice"], f"HD95 ({unit})": volume["foreground_mean"]["HD95"],
+            f"ASD ({unit})": volume["foreground_mean"]["ASD"], "slice Dice": per_slice["foreground_mean"]["Dice"],
             "slice Dice, LCC": postprocessed["foreground_mean"]["Dice"], **errors,
             "iterations": timing.get("iterations"), "train s": timing.get("seconds"),
             "s/step": timing.get("seconds_per_iteration"),
@@ -717,6 +719,8 @@ def main() -> None:
     parser.add_argument("--test-images", type=Path,
                         help=f"folder of 2D test slices <volume>_slice<NN>{IMAGE_SUFFIX} (instead of --on)")
     parser.add_argument("--test-labels", type=Path, help="their dense labels <volume>_slice<NN>.nii.gz")
+    parser.add_argument("--distances", choices=("mm", "px"), default="mm",
+                        help="unit of the per-volume HD95 and ASD (default: %(default)s, at the converter's spacing)")
     parser.add_argument("--patients", type=int, help="only the first N patients of every split (quick runs)")
     parser.add_argument("--processes", type=int, default=2,
                         help="processes for nnU-Net's planning and preprocessing (default: %(default)s)")
@@ -762,13 +766,14 @@ def main() -> None:
                                  training.model_folder(seed_folder), test_folder,
                                  logs / f"predict_seed{seed}_{training.slug}.log", device, say)
         postprocess_and_evaluate(rows, labels, test_folder, say)
-        evaluate_volumes(rows, labels, test_folder, ACDC_SPACING[0], say)
+        evaluate_volumes(rows, labels, test_folder, ACDC_SPACING[0], args.distances, say)
 
     first = json.loads((folder / test_name / f"seed{args.seeds[0]}" / "evaluations"
-                        / f"{rows[0].slug}{VOLUME}.json").read_text())
+                        / f"{rows[0].slug}{VOLUME[args.distances]}.json").read_text())
     classes = {int(label): c["name"] for label, c in first["per_class"].items() if label != "0"}
     per_seed = {row.name: [seed_row(row, folder / test_name / f"seed{seed}", labels, classes,
-                                    timings[seed][row.training]) for seed in args.seeds] for row in rows}
+                                    timings[seed][row.training], args.distances) for seed in args.seeds]
+                for row in rows}
     summaries = {name: {key: mean_sd([r[key] for r in values]) for key in values[0]}
                  for name, values in per_seed.items()}
     columns = list(next(iter(per_seed.values()))[0])
@@ -789,11 +794,11 @@ def main() -> None:
                 f"with {CHECKPOINT} (selected on the val patients); mean ± sd over seeds {args.seeds}. Per volume "
                 f"(the slices stacked, {ACDC_SPACING[0]:g} mm apart, in-plane {ACDC_SPACING[1]:g} x "
                 f"{ACDC_SPACING[2]:g} mm as the converter states): Dice per class and foreground mean, HD95 and ASD in "
-                f"mm, means over volumes. Per slice (secondary): mean Dice before and after nnU-Net's "
-                f"largest-component post-processing (LCC, the same for every method, not tuned); FN, FP near, FP far: missed pixels and "
-                f"false positives within {NEAR} pixels of the true structures or farther, as shares of the true "
-                f"foreground area. train s: wall-clock of the training epochs. The WeakMamba rows share one training "
-                f"per seed.\n\n" + format_table(table, list(table[0]))
+                f"{'mm' if args.distances == 'mm' else 'pixels'}, means over volumes. Per slice (secondary): mean "
+                f"Dice before and after nnU-Net's largest-component post-processing (LCC, the same for every method, "
+                f"not tuned); FN, FP near, FP far: missed pixels and false positives within {NEAR} pixels of the true "
+                f"structures or farther, as shares of the true foreground area. train s: wall-clock of the training "
+                f"epochs. The WeakMamba rows share one training per seed.\n\n" + format_table(table, list(table[0]))
                 + "\n\nTargets (mean per-volume Dice over seeds):\n\n"
                 + format_table([{k: round(v, 3) if isinstance(v, float) else v for k, v in c.items()}
                                 for c in checks], ["target", "WeakMamba", "comparator", "verdict"]))

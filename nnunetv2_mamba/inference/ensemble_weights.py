@@ -1,13 +1,12 @@
 """Weights for an ensemble's mean softmax, chosen on labelled cases that are not the test cases.
 
-The members of nnUNetTrainerWeakMamba differ in quality (on ACDC at the cpu budget, mean Dice over four runs: CNN
-0.59, Swin 0.38, Mamba 0.64), and the plain mean softmax lets the weakest pull the others down. The weights are
+The members of nnUNetTrainerWeakMamba differ in quality (on ACDC the Swin member is the weakest), and the plain mean
+softmax lets the weakest pull the others down. The weights are
 chosen like nnU-Net chooses its post-processing: by the mean foreground Dice on cases with dense labels that training
 did not use (a grid over the simplex; two free parameters for three members, against a hundred cases or more).
 
 A background prior (the background probability divided by a factor, the Bayes correction of a changed class prior)
-was tried as well, since scribble-trained networks miss more foreground than the dense bound: it was never chosen on
-ACDC, for any method (documentation/benchmarks.md, step 13), and is left out.
+is not offered: chosen by the same search on ACDC, it never helped any method.
 
 The Dice is nnU-Net's summary: per class, the mean over the cases whose reference or prediction holds the class,
 then the mean over the foreground classes. The folder functions work on what ``nnUNetv2_predict --save_probabilities``

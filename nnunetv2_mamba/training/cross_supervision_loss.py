@@ -14,39 +14,22 @@ by shape, any other gets the full-resolution targets resized with nearest neighb
 ``DownsampleSegForDSTransform`` does. The pseudo label is computed at full resolution and resized the same way.
 Outputs are weighted as nnU-Net does (1, 1/2, 1/4, ..., the lowest 0, normalised), per network.
 
-``components`` (our addition, not in the paper) cleans the pseudo label per sample and foreground class; removed
-pixels become background. Scribbles supervise little of the background (on ACDC a band around the heart); networks
-trained on them put foreground in unlabeled tissue far from the structures, and the mixed pseudo label passes those
-blobs on. Where each class is one structure (the cardiac ones in a short-axis slice):
+Our additions, not in the paper (``nnUNetTrainerWeakMamba`` uses the first three; their measured effect is in
+``documentation/scribble_supervision.md``):
 
-- ``"largest"`` keeps the largest connected component of each class, as nnU-Net's post-processing does;
-- ``"scribbled"`` keeps the components that contain a scribble of their class. A patch that holds no structure gets
-  an all-background pseudo label, where "largest" keeps the biggest false blob and so teaches it: on ACDC's train
-  split 44 % of uniformly placed 128 x 128 crops hold no cardiac structure. Applied to the true labels of those
-  crops, it keeps 98.7 % of the foreground (a structure's part whose scribble lies outside the crop is lost),
-  "largest" 99.97 %.
-
-``pseudo_label_loss="dice_ce"`` (our addition) supervises the pseudo label with nnU-Net's own loss, Dice plus
-cross-entropy (``DC_and_CE_loss``, weights 1 and 1), instead of the paper's Dice alone. Scribble-trained networks err
-by foreground far from the structures (on ACDC, step 8 of documentation/benchmarks.md: false positives more than 10
-pixels from the heart amount to 0.9-2.4 x the true area, those nearer to 0.12-0.15 x), which a cleaned pseudo label
-marks as background; a soft Dice over the batch penalises such pixels only through its denominator, the cross-entropy
-each of them (step 9: far false positives 0.2-0.6 x, more pixels missed).
-
-``margin`` (our addition) leaves the pixels within ``margin`` of a class boundary of the pseudo label out of that
-comparison (nnU-Net's ignore label, for Dice and cross-entropy alike); the scribbles still supervise them. The
-boundaries are where the pseudo label is least reliable: on ACDC train crops (step 11) the mix misses 0.35 of the true
-foreground, 0.22 of it within 3 pixels of a structure's boundary, and a loss on every pixel makes each network copy
-the mix's boundaries. Left out, they lifted the ensemble by 0.01-0.05 Dice in three runs, through fewer false
-positives (far from the heart and the LV cavity labelled myocardium), not through fewer misses.
-
-``keep_scribbles`` (our addition) sets the pseudo label's scribbled pixels to their scribbled class before the
-component rule. Where the mix misses a small structure, or places it beside its scribble rather than on it, the
-"scribbled" rule clears it and the pseudo label then teaches background against the scribble's own pCE; with the
-scribbles kept, every scribbled structure keeps at least its scribble and the component touching it (on ACDC train
-crops, step 12: whole structures missed by the pseudo label 0.065 of the true foreground without, 0.002 with). That
-better pseudo label did not carry over to the test slices at the CPU budget (ensemble + 0.015 and - 0.038 in two
-runs), so the ACDC CPU trainer leaves it off.
+- ``components`` cleans the pseudo label per sample and foreground class (removed pixels become background), for
+  classes that are one structure each. Networks trained on scribbles put foreground in unlabeled tissue far from the
+  structures, and the mixed pseudo label would pass those blobs on. ``"largest"`` keeps each class's largest
+  connected component, as nnU-Net's post-processing does; ``"scribbled"`` keeps the components that hold a scribble
+  of their class, so that a patch without the structure gets background rather than its biggest false blob.
+- ``pseudo_label_loss="dice_ce"`` compares each network with the pseudo label through nnU-Net's Dice plus
+  cross-entropy (``DC_and_CE_loss``) instead of Dice alone: a batch soft Dice penalises a false pixel only through
+  its denominator, the cross-entropy each one.
+- ``margin`` leaves the pixels within ``margin`` of a class boundary of the pseudo label out of that comparison
+  (nnU-Net's ignore label, for Dice and cross-entropy alike; the scribbles still supervise them): the boundaries are
+  where the pseudo label is least reliable, and a loss on every pixel makes each network copy the mix's boundaries.
+- ``keep_scribbles`` sets the pseudo label's scribbled pixels to their scribbled class before the component rule, so
+  that a structure the mix missed keeps at least its scribble.
 """
 
 from __future__ import annotations

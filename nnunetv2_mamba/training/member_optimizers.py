@@ -1,10 +1,8 @@
 """One optimizer per network of an ensemble, stepped as one by nnU-Net's trainer.
 
 Networks of different kinds train best with different optimizers: nnU-Net's CNN with its SGD (momentum 0.99,
-Nesterov), transformer and visual-Mamba U-Nets trained from scratch with AdamW, as Swin and VMamba are trained (on
-ACDC's scribbles at 1000 iterations, step 10 of documentation/benchmarks.md, nnU-Net's AdamW variant lifted
-WeakMamba's Mamba member from 0.33-0.43 to 0.61-0.65 mean Dice in three runs, its Swin member from 0.21-0.26 to
-0.34-0.38).
+Nesterov), transformer and visual-Mamba U-Nets trained from scratch with AdamW, as Swin and VMamba are trained (the
+measured effect on WeakMamba is in documentation/scribble_supervision.md).
 
 nnU-Net's trainer uses its ``optimizer`` through ``zero_grad``, ``step``, ``param_groups`` (the logged learning rate),
 ``state_dict`` and ``load_state_dict`` (checkpoints, ``--c``), and its ``lr_scheduler`` through ``step(epoch)``;
