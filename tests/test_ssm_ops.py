@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from nnunetv2_mamba.ssm.modules.mamba import inverse_softplus
 from nnunetv2_mamba.ssm.ops import backend, causal_conv1d, selective_scan, ssd
 from nnunetv2_mamba.ssm.ops import selective_scan_cpu
 from nnunetv2_mamba.ssm.ops import selective_scan_interface as ssi
 from nnunetv2_mamba.ssm.ops import ssd_chunked
-from nnunetv2_mamba.ssm.ops.reference import causal_conv1d_ref, selective_scan_ref, ssd_ref
+from nnunetv2_mamba.ssm.ops.reference import (causal_conv1d_ref, rel_err, scan_inputs, selective_scan_ref, ssd_inputs,
+                                               ssd_ref, with_mamba2_ranges)
 from scan_paths import use_scan
 
 F64 = torch.float64
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
 def grads(out, inputs, weight):
@@ -28,23 +24,6 @@ def grads(out, inputs, weight):
 
 
 # ---------------------------------------------------------------- selective scan
-
-def scan_inputs(batch, dim, length, dstate, b_mode, c_mode, dtype=F64, extras=True):
-    """Random selective-scan inputs; b_mode/c_mode: 'const', '3d' or a number of groups."""
-    def bc(mode):
-        if mode == "const":
-            return torch.randn(dim, dstate, dtype=dtype)
-        if mode == "3d":
-            return torch.randn(batch, dstate, length, dtype=dtype)
-        return torch.randn(batch, mode, dstate, length, dtype=dtype)
-
-    inputs = dict(u=torch.randn(batch, dim, length, dtype=dtype), delta=0.5 * torch.randn(batch, dim, length, dtype=dtype),
-                  A=-torch.exp(torch.randn(dim, dstate, dtype=dtype)), B=bc(b_mode), C=bc(c_mode))
-    if extras:
-        inputs.update(D=torch.randn(dim, dtype=dtype), z=torch.randn(batch, dim, length, dtype=dtype),
-                      delta_bias=0.1 * torch.randn(dim, dtype=dtype))
-    return {k: v.requires_grad_() for k, v in inputs.items()}
-
 
 @pytest.fixture(params=["one-chunk", "chunks", "sub-chunks", "fused"])
 def scan_path(request, monkeypatch):
@@ -131,19 +110,6 @@ def test_selective_scan_rejects_bad_shapes(bad, message):
 
 # ---------------------------------------------------------------- SSD
 
-def ssd_inputs(batch, length, nheads, headdim, ngroups, dstate, d_kind="h", dtype=F64):
-    inputs = dict(x=torch.randn(batch, length, nheads, headdim, dtype=dtype),
-                  dt=torch.randn(batch, length, nheads, dtype=dtype),
-                  A=-torch.exp(torch.randn(nheads, dtype=dtype)),
-                  B=torch.randn(batch, length, ngroups, dstate, dtype=dtype),
-                  C=torch.randn(batch, length, ngroups, dstate, dtype=dtype),
-                  D=torch.randn(nheads, dtype=dtype) if d_kind == "h" else torch.randn(nheads, headdim, dtype=dtype),
-                  z=torch.randn(batch, length, nheads, headdim, dtype=dtype),
-                  dt_bias=torch.randn(nheads, dtype=dtype),
-                  initial_states=torch.randn(batch, nheads, headdim, dstate, dtype=dtype))
-    return {k: v.requires_grad_() for k, v in inputs.items()}
-
-
 @pytest.mark.parametrize("chunk,block", [(8, 1), (16, 10 ** 9), (64, 1)])
 @pytest.mark.parametrize("shape", [(2, 37, 4, 3, 2, 5, "h"), (1, 130, 6, 4, 1, 8, "hp"), (2, 5, 3, 2, 3, 4, "h")])
 def test_ssd_matches_reference_float64(monkeypatch, chunk, block, shape):
@@ -181,11 +147,7 @@ def test_ssd_gradcheck(monkeypatch):
 def test_ssd_float32_accuracy():
     """Relative error <= 1e-5 against float64, with Mamba2's initial parameter ranges (dt in [0.001, 0.1] through
     dt_bias, A in [-16, -1]); the float64 tests above cover arbitrary values."""
-    inputs64 = ssd_inputs(2, 300, 4, 8, 1, 16)
-    with torch.no_grad():
-        inputs64["dt"].mul_(0.5)
-        inputs64["dt_bias"].copy_(inverse_softplus(torch.rand(4, dtype=F64) * 0.099 + 0.001))
-        inputs64["A"].copy_(-torch.rand(4, dtype=F64) * 15 - 1)
+    inputs64 = with_mamba2_ranges(ssd_inputs(2, 300, 4, 8, 1, 16))
     inputs32 = {k: v.detach().float().requires_grad_() for k, v in inputs64.items()}
     y = ssd(**inputs32, chunk_size=256, dt_softplus=True)
     y_ref = ssd_ref(**inputs64, dt_softplus=True)
@@ -274,6 +236,62 @@ def test_broken_kernel_package_falls_back_with_reason(monkeypatch):
         assert "libcudart" in backend.backend_report()["causal_conv1d"]
     finally:
         backend._load.cache_clear()
+
+
+# mamba_ssm/ops/selective_scan_interface.py of an install without the compiled selective_scan_cuda: as published
+# (the import unguarded) and as users patch it (guarded, so that selective_scan_fn only fails when called)
+UNGUARDED = "import selective_scan_cuda\n\ndef selective_scan_fn(*args, **kwargs):\n    return 'scan kernel'\n"
+GUARDED = ("try:\n    import selective_scan_cuda\nexcept ImportError:\n    selective_scan_cuda = None\n\n"
+           "def selective_scan_fn(*args, **kwargs):\n    return selective_scan_cuda.fwd(*args)\n")
+# layout -> (selective_scan_interface.py, the package's __init__.py, whether the SSD kernel is usable)
+LAYOUTS = {
+    "unguarded": (UNGUARDED, "", True),
+    "guarded": (GUARDED, "", True),
+    # mamba-ssm 2.3.2.post1's own __init__ imports the interface: the package, and so its SSD module, fails to import
+    "published-init": (UNGUARDED, "from mamba_ssm.ops.selective_scan_interface import selective_scan_fn\n", False),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_mamba_ssm_without_selective_scan_extension(layout, tmp_path, monkeypatch, caplog):
+    """A mamba-ssm whose selective-scan extension was not built (sources after 2.3.2.post1 leave it out unless
+    MAMBA_KEEP_CUDA_BUILD=TRUE): Mamba1 falls back to the pure path with one warning that says why; Mamba2 keeps the
+    Triton SSD kernel for CUDA tensors where its package imports, even after the selective scan failed to load."""
+    interface, init, ssd_usable = LAYOUTS[layout]
+    package = tmp_path / "mamba_ssm"
+    (package / "ops" / "triton").mkdir(parents=True)
+    for folder in (package / "ops", package / "ops" / "triton"):
+        (folder / "__init__.py").write_text("")
+    (package / "__init__.py").write_text(init)
+    (package / "ops" / "selective_scan_interface.py").write_text(interface)
+    (package / "ops" / "triton" / "ssd_combined.py").write_text(
+        "def mamba_chunk_scan_combined(*args, **kwargs):\n    return 'ssd kernel'\n")
+
+    def fake_modules() -> list[str]:
+        return [n for n in sys.modules if n.split(".")[0] in ("mamba_ssm", "selective_scan_cuda")]
+
+    for name in fake_modules():
+        monkeypatch.delitem(sys.modules, name)  # e.g. the stubs test_mamba_ssm_compat installs, restored afterwards
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(backend.FORCE_PURE_ENV, raising=False)
+    monkeypatch.setattr(backend, "_logged", set())
+    on_cuda = types.SimpleNamespace(is_cuda=True)
+    backend._load.cache_clear()
+    try:
+        with caplog.at_level("INFO", logger="nnunetv2_mamba.ssm"):
+            assert backend.cuda_kernel("selective_scan", on_cuda, on_cuda) is None
+            assert backend.cuda_kernel("selective_scan", on_cuda) is None
+            ssd_kernel = backend.cuda_kernel("ssd", on_cuda)
+        assert (ssd_kernel is not None and ssd_kernel() == "ssd kernel") == ssd_usable
+        scan_lines = [r for r in caplog.records if "selective_scan uses" in r.getMessage()]
+        assert len(scan_lines) == 1 and scan_lines[0].levelname == "WARNING"
+        assert "without its CUDA extension selective_scan_cuda" in scan_lines[0].getMessage()
+        assert "MAMBA_KEEP_CUDA_BUILD=TRUE" in backend.backend_report()["selective_scan"]
+        assert backend.backend_report()["ssd"].startswith("cuda-kernel") == ssd_usable
+    finally:
+        backend._load.cache_clear()
+        for name in fake_modules():
+            del sys.modules[name]
 
 
 def test_backend_choice_is_logged_once(scan_impl, caplog, monkeypatch):

@@ -2,7 +2,8 @@
 
 One recurrence step at a time, in the precision of the inputs (float64 in the tests), following the semantics of
 ``mamba_ssm``'s ``selective_scan_ref``, ``mamba_chunk_scan_combined`` and ``causal_conv1d_ref``. Slow by design: they
-exist so that tests and benchmarks can check the fast paths, never for training.
+exist so that tests and benchmarks can check the fast paths, never for training. The random inputs and the error
+measure below are shared by the CPU tests and ``benchmarks/gpu_check.py``, so that both check the same cases.
 """
 
 from __future__ import annotations
@@ -103,3 +104,59 @@ def causal_conv1d_ref(x, weight, bias=None, activation=None):
     elif activation is not None:
         raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
     return out.to(dtype_in)
+
+
+# ---------------------------------------------------------------- checking a fast path against a reference
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference relative to the largest magnitude of ``b`` (any devices and dtypes)."""
+    a, b = a.detach().cpu().double(), b.detach().cpu().double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def scan_inputs(batch: int, dim: int, length: int, dstate: int, b_mode: str | int, c_mode: str | int,
+                dtype: torch.dtype = torch.float64, extras: bool = True) -> dict[str, torch.Tensor]:
+    """Random selective-scan inputs requiring grad; b_mode/c_mode: 'const', '3d' or a number of groups."""
+    def bc(mode: str | int) -> torch.Tensor:
+        if mode == "const":
+            return torch.randn(dim, dstate, dtype=dtype)
+        if mode == "3d":
+            return torch.randn(batch, dstate, length, dtype=dtype)
+        return torch.randn(batch, mode, dstate, length, dtype=dtype)
+
+    inputs = dict(u=torch.randn(batch, dim, length, dtype=dtype),
+                  delta=0.5 * torch.randn(batch, dim, length, dtype=dtype),
+                  A=-torch.exp(torch.randn(dim, dstate, dtype=dtype)), B=bc(b_mode), C=bc(c_mode))
+    if extras:
+        inputs.update(D=torch.randn(dim, dtype=dtype), z=torch.randn(batch, dim, length, dtype=dtype),
+                      delta_bias=0.1 * torch.randn(dim, dtype=dtype))
+    return {k: v.requires_grad_() for k, v in inputs.items()}
+
+
+def ssd_inputs(batch: int, length: int, nheads: int, headdim: int, ngroups: int, dstate: int, d_kind: str = "h",
+               dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """Random SSD inputs requiring grad, initial states included; ``d_kind`` "h": D of shape (nheads,), "hp":
+    (nheads, headdim)."""
+    inputs = dict(x=torch.randn(batch, length, nheads, headdim, dtype=dtype),
+                  dt=torch.randn(batch, length, nheads, dtype=dtype),
+                  A=-torch.exp(torch.randn(nheads, dtype=dtype)),
+                  B=torch.randn(batch, length, ngroups, dstate, dtype=dtype),
+                  C=torch.randn(batch, length, ngroups, dstate, dtype=dtype),
+                  D=torch.randn(nheads, dtype=dtype) if d_kind == "h" else torch.randn(nheads, headdim, dtype=dtype),
+                  z=torch.randn(batch, length, nheads, headdim, dtype=dtype),
+                  dt_bias=torch.randn(nheads, dtype=dtype),
+                  initial_states=torch.randn(batch, nheads, headdim, dstate, dtype=dtype))
+    return {k: v.requires_grad_() for k, v in inputs.items()}
+
+
+@torch.no_grad()
+def with_mamba2_ranges(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`ssd_inputs` moved into Mamba2's initial parameter ranges (dt in [0.001, 0.1] through dt_bias, A in
+    [-16, -1]), where float32 must stay within 1e-5 of float64; arbitrary values can lose more to rounding."""
+    from nnunetv2_mamba.ssm.modules.mamba import inverse_softplus
+
+    nheads, dtype = inputs["A"].shape[0], inputs["A"].dtype
+    inputs["dt"].mul_(0.5)
+    inputs["dt_bias"].copy_(inverse_softplus(torch.rand(nheads, dtype=dtype) * 0.099 + 0.001))
+    inputs["A"].copy_(-torch.rand(nheads, dtype=dtype) * 15 - 1)
+    return inputs
