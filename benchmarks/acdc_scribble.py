@@ -422,8 +422,9 @@ def equal_time_epochs(weak_mamba: dict[str, Any], baseline: dict[str, Any]) -> i
 
 def train_seed(rows: list[Method], seed: int, seed_folder: Path, logs: Path, device: torch.device,
                say: Say) -> dict[Training, dict[str, Any]]:
-    """Every training of one seed, WeakMamba's before the equal wall-clock baseline, whose epochs are fixed once
-    (``seed_folder/equal_time.json``) so that a resumed run trains the same."""
+    """Every training of one seed in the rows' order, which trains WeakMamba and the baseline before the equal
+    wall-clock baseline, whose epochs are fixed once (``seed_folder/equal_time.json``) so that a resumed run trains
+    the same."""
     timings: dict[Training, dict[str, Any]] = {}
     for training in dict.fromkeys(row.training for row in rows):
         epochs = None
@@ -432,7 +433,6 @@ def train_seed(rows: list[Method], seed: int, seed_folder: Path, logs: Path, dev
             if not chosen.is_file():
                 weak = next(t for t in timings if t.trainer.startswith("nnUNetTrainerWeakMamba_"))
                 base = training._replace(equal_time=False)
-                timings.setdefault(base, run_training(base, seed, seed_folder, logs, device, None, say))
                 chosen.write_text(json.dumps({"epochs": equal_time_epochs(timings[weak], timings[base]),
                                               "weak_mamba": timings[weak], "baseline": timings[base]}, indent=1))
             epochs = json.loads(chosen.read_text())["epochs"]
@@ -537,19 +537,16 @@ def evaluate_volumes(rows: list[Method], labels: Path, folder: Path, slice_spaci
     """Every row's slice predictions (and the references) stacked into volumes (``folder/volumes/``) and scored per
     volume with distances in ``unit`` (mm or px) into ``folder/evaluations/<row>__volume[_px].json``."""
     from nnunetv2_mamba.evaluation.metrics import evaluate_folders, write_results
-    from nnunetv2_mamba.evaluation.volumes import stack_slices
+    from nnunetv2_mamba.evaluation.volumes import stack_references, stack_slices
 
     dataset_json = Path(os.environ["nnUNet_raw"]) / DATASETS[True] / "dataset.json"
     references = folder / "volumes" / "reference"
-    names = {p.name for p in (folder / "predictions" / rows[0].slug).glob("*.nii.gz")}
     if not references.is_dir():
-        with_predictions = folder / "volumes" / "reference_slices"
-        shutil.rmtree(with_predictions, ignore_errors=True)
-        with_predictions.mkdir(parents=True)
-        for name in names:  # the references of the predicted slices only (labels may hold more cases)
-            link(labels / name, with_predictions / name)
-        stack_slices(with_predictions, references.with_name("reference.tmp"), slice_spacing)
-        references.with_name("reference.tmp").rename(references)
+        names = sorted(p.name for p in (folder / "predictions" / rows[0].slug).glob("*.nii.gz"))
+        partial = references.with_name("reference.tmp")  # complete, then renamed: a resumed run never sees half
+        shutil.rmtree(partial, ignore_errors=True)
+        stack_references(labels, names, partial, slice_spacing)
+        partial.rename(references)
     for row in rows:
         slug = f"{row.slug}{VOLUME[unit]}"
         if (folder / "evaluations" / f"{slug}.json").is_file():

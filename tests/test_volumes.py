@@ -3,15 +3,29 @@ as one 3D case; bad folders refused with the volume named."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from nnunetv2_mamba.data.scribble_dataset import write_image
 from nnunetv2_mamba.evaluation.metrics import binary_metrics, evaluate_folders
-from nnunetv2_mamba.evaluation.volumes import slices_by_volume, stack_slices
+from nnunetv2_mamba.cli import main
+from nnunetv2_mamba.evaluation.volumes import slices_by_volume, stack_references, stack_slices
 
 DATASET_JSON = {"labels": {"background": 0, "A": 1, "B": 2}, "file_ending": ".nii.gz", "channel_names": {"0": "x"}}
+
+
+def two_volumes() -> tuple[np.ndarray, np.ndarray]:
+    """A reference with structure A over slices 1-2 and B on every slice, and a prediction with one slice too many
+    of A (10 mm beyond its top at 10 mm between slices)."""
+    reference = np.zeros((4, 20, 20), np.uint8)
+    reference[1:3, 5:15, 5:15] = 1
+    reference[0:4, 2:4, 2:4] = 2
+    prediction = reference.copy()
+    prediction[3, 5:15, 5:15] = 1
+    return reference, prediction
 
 
 def write_slices(folder, volume: str, array: np.ndarray, spacing=(1.5, 1.25)) -> None:
@@ -43,11 +57,7 @@ def test_stacked_volume_holds_the_slices_in_order_with_the_slice_spacing(tmp_pat
 
 
 def test_per_volume_metrics_are_the_3d_metrics_in_mm(tmp_path):
-    reference = np.zeros((4, 20, 20), np.uint8)
-    reference[1:3, 5:15, 5:15] = 1
-    reference[0:4, 2:4, 2:4] = 2
-    prediction = reference.copy()
-    prediction[3, 5:15, 5:15] = 1  # one slice too many of A: 10 mm beyond its top
+    reference, prediction = two_volumes()
     for folder, array in (("reference", reference), ("prediction", prediction)):
         write_slices(tmp_path / folder, "p1_frame01", array)
         stack_slices(tmp_path / folder, tmp_path / f"{folder}_3d", 10.0)
@@ -57,6 +67,31 @@ def test_per_volume_metrics_are_the_3d_metrics_in_mm(tmp_path):
     assert case["metrics"][1]["Dice"] == pytest.approx(2 * 200 / 500) == pytest.approx(expected["Dice"])
     assert case["metrics"][1]["HD95"] == pytest.approx(expected["HD95"]) and expected["HD95"] == pytest.approx(10.0)
     assert case["metrics"][2]["Dice"] == 1.0
+
+
+def test_evaluate_scores_slices_per_volume_on_request(tmp_path):
+    """Only the predicted slices' references are stacked: the reference folder holds another volume too."""
+    reference, prediction = two_volumes()
+    write_slices(tmp_path / "reference", "p1_frame01", reference)
+    write_slices(tmp_path / "reference", "p2_frame01", reference)
+    write_slices(tmp_path / "prediction", "p1_frame01", prediction)
+    (tmp_path / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    common = ["evaluate", "-ref", str(tmp_path / "reference"), "-pred", str(tmp_path / "prediction"), "-djfile",
+              str(tmp_path / "dataset.json")]
+    assert main([*common, "--volumes", "10", "-o", str(tmp_path / "volumes")]) == 0
+    assert main([*common, "-o", str(tmp_path / "slices")]) == 0
+    volumes, slices = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("volumes", "slices"))
+    assert [c["case"] for c in volumes["per_case"]] == ["p1_frame01"] and len(slices["per_case"]) == 4
+    assert volumes["per_case"][0]["metrics"]["1"]["Dice"] == pytest.approx(0.8)
+    assert volumes["per_case"][0]["metrics"]["1"]["HD95"] == pytest.approx(10.0)
+
+
+def test_references_of_missing_slices_are_an_error(tmp_path):
+    write_slices(tmp_path / "reference", "p1_frame01", np.zeros((2, 4, 4), np.uint8))
+    assert stack_references(tmp_path / "reference", ["p1_frame01_slice01.nii.gz"], tmp_path / "out", 5.0) == \
+        ["p1_frame01"]
+    with pytest.raises(FileNotFoundError, match=r"no reference for prediction\(s\) \['p1_frame01_slice07.nii.gz'\]"):
+        stack_references(tmp_path / "reference", ["p1_frame01_slice07.nii.gz"], tmp_path / "out2", 5.0)
 
 
 def test_a_run_of_consecutive_slices_is_a_volume(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,3 +54,17 @@ def stack_slices(folder: str | os.PathLike, output: str | os.PathLike, slice_spa
         in_plane = tuple(reversed(images[0].GetSpacing()))  # (rows, columns)
         write_image(np.stack(arrays), (slice_spacing, *in_plane), output / f"{volume}{file_ending}")
     return list(volumes)
+
+
+def stack_references(reference: str | os.PathLike, names: Sequence[str], output: str | os.PathLike,
+                     slice_spacing: float, file_ending: str = FILE_ENDING) -> list[str]:
+    """:func:`stack_slices` of the reference slices ``names`` only (file names, e.g. those of a prediction folder:
+    a reference folder may hold more cases than were predicted); a missing reference is an error."""
+    reference = Path(reference)
+    missing = [name for name in names if not (reference / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{reference}: no reference for prediction(s) {missing[:10]}")
+    with tempfile.TemporaryDirectory() as selected:
+        for name in names:
+            os.symlink((reference / name).resolve(), Path(selected) / name)
+        return stack_slices(selected, output, slice_spacing, file_ending)
