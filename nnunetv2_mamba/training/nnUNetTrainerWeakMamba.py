@@ -3,10 +3,10 @@ the scribbles (partial cross-entropy) and from a pseudo label mixed from all thr
 :mod:`nnunetv2_mamba.training.cross_supervision_loss` for the loss.
 
 nnU-Net-native: the three networks are one module (:class:`~nnunetv2_mamba.nets.network_ensemble.NetworkEnsemble`)
-built from the plans' configuration, so nnU-Net's SGD with its poly schedule trains all three (or one optimizer per
-network, :mod:`~nnunetv2_mamba.training.member_optimizers`), checkpoints and ``--c`` hold all three with the
-optimizer state, DDP wraps all three, and ``nnUNetv2_predict`` predicts with the
-ensemble (mean softmax) or, with ``nnUNet_ensemble_member=<name>``, with one network alone. Validation is against
+built from the plans' configuration, so nnU-Net's optimizers with their poly schedule train all three (one per
+network, :mod:`~nnunetv2_mamba.training.member_optimizers`, or the paper's one SGD), checkpoints and ``--c`` hold all
+three with the optimizer state, DDP wraps all three, and ``nnUNetv2_predict`` predicts with the ensemble (mean
+softmax) or, with ``nnUNet_ensemble_member=<name>``, with one network alone. Validation is against
 dense labels where the dataset has them (:class:`~nnunetv2_mamba.training.scribble_trainer.ScribbleTrainerMixin`)
 and reports every network and the ensemble.
 """
