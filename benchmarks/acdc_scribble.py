@@ -251,7 +251,7 @@ def prepare(data: Path, splits_file: Path, work: Path, patients: int | None, pro
     """Convert, derive the dense twin, plan and preprocess both, each step once; returns the seconds each step took
     when it ran (kept in ``preparation.json``, which marks the steps done)."""
     from nnunetv2_mamba.data.convert_h5 import convert_h5
-    from nnunetv2_mamba.demo import output_to
+    from nnunetv2_mamba.utilities.output import output_to
 
     record = work / "preparation.json"
     done = json.loads(record.read_text()) if record.is_file() else {}
@@ -285,7 +285,7 @@ def budget_plans(plans: dict[str, Any], budget: Budget) -> dict[str, Any]:
     features and convolutions of those stages; widths are divided as the demo's ``narrow_plans`` does."""
     from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 
-    from nnunetv2_mamba.demo import narrow_plans
+    from nnunetv2_mamba.plans.narrow import narrow_plans
 
     configuration = plans["configurations"][CONFIGURATION]
     plans["configurations"] = {CONFIGURATION: configuration}
@@ -363,7 +363,8 @@ def train_process(training: Training, seed: int, epochs: int | None, device: str
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
-    from nnunetv2_mamba.demo import output_to, run_timed_training
+    from nnunetv2_mamba.training.timed_training import run_timed_training
+    from nnunetv2_mamba.utilities.output import output_to
 
     random.seed(seed)
     np.random.seed(seed)
@@ -469,7 +470,7 @@ def predict_and_evaluate(training: Training, rows: list[Method], images: list[li
     ``folder/evaluations/<row>.json``, which marks the row done. ``folder`` is the test set's, per seed."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnunetv2_mamba.demo import output_to
+    from nnunetv2_mamba.utilities.output import output_to
     from nnunetv2_mamba.evaluation.metrics import evaluate_folders, write_results
     from nnunetv2_mamba.nets.network_ensemble import ENSEMBLE, NetworkEnsemble
 
@@ -731,7 +732,7 @@ def main() -> None:
     from common import format_table, machine_info, write_json
 
     from nnunetv2_mamba.data.convert_h5 import ACDC_SPACING
-    from nnunetv2_mamba.demo import set_environment
+    from nnunetv2_mamba.utilities.nnunet_environment import set_environment
 
     def say(message: str) -> None:
         print(message, flush=True)

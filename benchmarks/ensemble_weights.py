@@ -31,7 +31,7 @@ def predict_probabilities(members: list[Method], model_folder: Path, images: lis
     training); members already complete are kept. nnU-Net's messages go to ``log``."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnunetv2_mamba.demo import output_to
+    from nnunetv2_mamba.utilities.output import output_to
 
     outputs = [folder / row.slug for row in members]
     todo = [(row, output) for row, output in zip(members, outputs) if len(list(output.glob("*.npz"))) < len(images)]
@@ -57,7 +57,8 @@ def main() -> None:
     parser.add_argument("--budget", choices=BUDGETS, default="cpu", help="(default: %(default)s)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
                         help="work folder of benchmarks/acdc_scribble.py (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="the benchmark's seed whose training (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the benchmark's seed whose WeakMamba training to weight (default: %(default)s)")
     parser.add_argument("--on", choices=("test", "val"), default="test",
                         help="the benchmark's scored patients (default: %(default)s)")
     parser.add_argument("--test-images", type=Path, help="the benchmark's --test-images (instead of --on)")
@@ -74,7 +75,7 @@ def main() -> None:
     from common import format_table, write_json
 
     from nnunetv2_mamba.data.convert_h5 import patient_of
-    from nnunetv2_mamba.demo import set_environment
+    from nnunetv2_mamba.utilities.nnunet_environment import set_environment
     from nnunetv2_mamba.evaluation.metrics import evaluate_folders
     from nnunetv2_mamba.inference.ensemble_weights import (EnsembleWeights, choose_weights, ensemble_folders,
                                                            labelled_cases)

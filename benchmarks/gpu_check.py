@@ -431,7 +431,7 @@ def network_case(architecture: str, configuration: str, config: dict, dataset_js
 
 def quick_case(case: dict[str, Any]) -> dict[str, Any]:
     """A case at CPU size: narrower stages, a small patch, batch 2; the same classes, topology and code paths."""
-    from nnunetv2_mamba.demo import narrow_plans
+    from nnunetv2_mamba.plans.narrow import narrow_plans
 
     case = json.loads(json.dumps(case))
     narrow_plans({"configurations": {case["case"]: case}}, QUICK_WIDTH_DIVISOR)

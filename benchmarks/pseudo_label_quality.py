@@ -99,7 +99,7 @@ def main() -> None:
     from common import format_table, write_json
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnunetv2_mamba.demo import set_environment
+    from nnunetv2_mamba.utilities.nnunet_environment import set_environment
     from nnunetv2_mamba.nets.network_ensemble import full_resolution
     from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss, clean_pseudo_label,
                                                                 near_class_boundary, pseudo_label)

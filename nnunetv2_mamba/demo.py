@@ -5,8 +5,8 @@ lines are printed alongside): write the synthetic raw dataset (:mod:`nnunetv2_ma
 preprocess it with nnU-Net, derive our plans (:func:`nnunetv2_mamba.plans.write_plans`), train with a short schedule
 (``nnUNetTrainerMamba_demo``), predict the test images with ``nnUNetPredictor`` and evaluate them against their dense
 labels (:mod:`nnunetv2_mamba.evaluation.metrics`). On a CPU every network is made ``width_divisor`` times narrower
-than planned (:func:`narrow_plans`), which keeps the topology and the data but makes an iteration a fraction of a
-second; the Dice values show that the pipeline learns, not how the architectures compare at full size.
+than planned (:func:`~nnunetv2_mamba.plans.narrow.narrow_plans`), which keeps the topology and the data but makes an
+iteration a fraction of a second; the Dice values show that the pipeline learns, not how the architectures compare at full size.
 
 A run is one :class:`DemoRun` line; another trainer (e.g. scribble supervision on the scribble variant of the
 dataset) is one more line.
@@ -14,7 +14,6 @@ dataset) is one more line.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
@@ -23,7 +22,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
+
+from nnunetv2_mamba.plans.narrow import narrow_plans
+from nnunetv2_mamba.training.timed_training import run_timed_training
+from nnunetv2_mamba.utilities.nnunet_environment import set_environment
+from nnunetv2_mamba.utilities.output import output_to
 
 # the 3D variant is smaller than the synthetic default so that SegMamba's full-resolution scans stay short on a CPU
 SHAPE_3D = (12, 24, 24)
@@ -66,48 +70,6 @@ RUNS: tuple[DemoRun, ...] = (
 )
 
 
-def narrow_plans(plans: dict[str, Any], divisor: int) -> dict[str, Any]:
-    """``plans`` with every configuration's widths (``features_per_stage``, ``embed_dim``) divided by ``divisor``;
-    strides, kernels, patch and batch sizes, and hence the preprocessed data, are unchanged."""
-    for configuration in plans["configurations"].values():
-        kwargs = configuration.get("architecture", {}).get("arch_kwargs", {})
-        if "features_per_stage" in kwargs:
-            kwargs["features_per_stage"] = [max(1, f // divisor) for f in kwargs["features_per_stage"]]
-        if "embed_dim" in kwargs:
-            kwargs["embed_dim"] = max(1, kwargs["embed_dim"] // divisor)
-    return plans
-
-
-@contextlib.contextmanager
-def output_to(log: TextIO) -> Iterator[None]:
-    """Send everything printed by this process and its worker processes to ``log`` (nnU-Net narrates each step;
-    its preprocessing workers write to the inherited file descriptors, not to ``sys.stdout``)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    os.dup2(log.fileno(), 1)
-    os.dup2(log.fileno(), 2)
-    try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            yield
-    finally:
-        log.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
-
-
-def set_environment(folder: Path) -> None:
-    """nnU-Net's folders inside ``folder`` and our trainers on nnU-Net's search path."""
-    from nnunetv2_mamba.ext_trainers import add_to_environment
-
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        os.environ[name] = str(folder / name)
-    add_to_environment()
-
-
 def prepare_dataset(dims: int, dense: bool, runs: Sequence[DemoRun], divisor: int, log: TextIO) -> tuple[int, str]:
     """Write one synthetic variant, plan and preprocess it for the configurations of ``runs``, derive our plans for
     their architectures, then narrow every plans file by ``divisor``; returns the dataset's id and name."""
@@ -135,33 +97,6 @@ def prepare_dataset(dims: int, dense: bool, runs: Sequence[DemoRun], divisor: in
             path = Path(os.environ["nnUNet_preprocessed"]) / name / f"{plans}.json"
             path.write_text(json.dumps(narrow_plans(json.loads(path.read_text()), divisor), indent=4))
     return dataset_id, name
-
-
-def run_timed_training(trainer, progress: TextIO | None = None, title: str = "training") -> list[float]:
-    """``trainer.run_training()``; returns the seconds of every training step (the network's work, without data
-    loading and validation). With ``progress``, a progress bar of the iterations (epoch, seconds) goes there."""
-    from tqdm import tqdm
-
-    seconds: list[float] = []
-    step = trainer.train_step
-    total = trainer.num_epochs * trainer.num_iterations_per_epoch
-    bar = tqdm(total=total, initial=trainer.current_epoch * trainer.num_iterations_per_epoch, desc=title,
-               unit="it", file=progress, disable=progress is None, leave=False)
-
-    def timed_step(batch: dict) -> dict:
-        start = time.perf_counter()
-        result = step(batch)
-        seconds.append(time.perf_counter() - start)
-        bar.set_postfix_str(f"epoch {trainer.current_epoch + 1}/{trainer.num_epochs}", refresh=False)
-        bar.update()
-        return result
-
-    trainer.train_step = timed_step
-    try:
-        trainer.run_training()
-    finally:
-        bar.close()
-    return seconds
 
 
 def train(run: DemoRun, dataset_id: int, device, log: TextIO, progress: TextIO | None = None,

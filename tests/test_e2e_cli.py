@@ -3,8 +3,8 @@ plans` for every architecture, nnUNetv2_train (2d and 3d_fullres, resuming with 
 nnUNetv2_export_model_to_zip / nnUNetv2_install_pretrained_model_from_zip, `nnunetv2_mamba slim-checkpoint` and
 `challenge-predict`, on the synthetic datasets.
 
-CPU budget: tiny images, networks 4x narrower than planned (nnunetv2_mamba.demo.narrow_plans, applied to the plans
-files after they are written), 2 epochs of 2 iterations (nnUNetTrainerMamba_smoke), one worker process each.
+CPU budget: tiny images, networks 4x narrower than planned (nnunetv2_mamba.plans.narrow.narrow_plans, applied to the
+plans files after they are written), 2 epochs of 2 iterations (nnUNetTrainerMamba_smoke), one worker process each.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 
 from nnunetv2_mamba.data.synthetic import synthetic_dataset_name, write_synthetic_dataset
-from nnunetv2_mamba.demo import narrow_plans
+from nnunetv2_mamba.plans.narrow import narrow_plans
 from nnunetv2_mamba.ext_trainers import EXT_TRAINER_DIR
 
 pytestmark = pytest.mark.slow

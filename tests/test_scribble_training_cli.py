@@ -56,7 +56,8 @@ def test_weak_mamba_trains_resumes_predicts_and_evaluates(env, tmp_path):
     (fold / "checkpoint_final.pth").unlink()
     logs_before = set(fold.glob("training_log_*.txt"))
     # nnUNetv2_train's default device is CUDA: without a GPU our trainers run on the CPU instead of failing
-    train(env, "nnUNetTrainerWeakMamba_smoke", "--c", device=() if not torch.cuda.is_available() else ("-device", "cpu"))
+    without_flag = () if not torch.cuda.is_available() else ("-device", "cpu")
+    train(env, "nnUNetTrainerWeakMamba_smoke", "--c", device=without_flag)
     resumed_log = "".join(p.read_text() for p in set(fold.glob("training_log_*.txt")) - logs_before)
     assert "Epoch 1" in resumed_log and "Epoch 0" not in resumed_log
     assert "Resuming from checkpoint_latest.pth at epoch 1 of 2" in resumed_log

@@ -9,7 +9,6 @@ works, e.g. nnU-Net's 512-wide bottlenecks with U-Mamba2's ``headdim=80``.
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 import torch.nn as nn

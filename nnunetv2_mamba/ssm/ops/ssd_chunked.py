@@ -206,7 +206,7 @@ class _ChunkedSSD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, initial):
         b, length, h, p = x.shape
-        g, n = B.shape[2], B.shape[3]
+        g = B.shape[2]
         Q = PURE_CHUNK_SIZE
         padded = -(-length // Q) * Q
         if padded != length:  # dt = 0 steps neither decay nor add to the state
