@@ -6,9 +6,9 @@ STSR 2025 task 1 winner):
   patch (nnU-Net's geometric transforms), the student the same patch strongly augmented in intensity, with its
   encoder features perturbed; the loss is the MSE between their softmax outputs, weighted by a sigmoid-shaped
   ramp-up. The share of unlabeled batches grows from 10% by one point per 1% of the epochs, up to 50%.
-- :class:`nnUNetTrainerPseudoLabel`: continues from the consistency model of the same fold at a lower learning
-  rate and adds a pseudo-label term: the teacher's confident predictions (probability >= 0.75) are
-  Dice+CE targets for the student at weight 0.1, the rest is ignored.
+- :class:`~nnunetv2_mamba.training.nnUNetTrainerPseudoLabel.nnUNetTrainerPseudoLabel`: continues from the
+  consistency model of the same fold at a lower learning rate and adds a pseudo-label term: the teacher's confident
+  predictions (probability >= 0.75) are Dice+CE targets for the student at weight 0.1, the rest is ignored.
 
 Unlabeled cases are preprocessed with ``nnunetv2_mamba preprocess-unlabeled`` (:mod:`nnunetv2_mamba.data.unlabeled`).
 Both trainers apply the dataset's ``domain_knowledge.json`` when it exists (:class:`nnUNetTrainerDomainKnowledge`).
@@ -17,7 +17,6 @@ Both trainers apply the dataset's ``domain_knowledge.json`` when it exists (:cla
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,24 +39,15 @@ from batchgeneratorsv2.transforms.utils.random import OneOfTransform, RandomTran
 from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 
 from nnunetv2_mamba.training.feature_perturbation import skip_perturbation
 from nnunetv2_mamba.training.nnUNetTrainerDomainKnowledge import nnUNetTrainerDomainKnowledge
-from nnunetv2_mamba.training.nnUNetTrainerMamba import unwrap
+from nnunetv2_mamba.training.rampup import sigmoid_rampup
 from nnunetv2_mamba.training.unlabeled_data import MixedBatches, missing_unlabeled_message, unlabeled_batches
 
 _GEOMETRIC = (Convert3DTo2DTransform, SpatialTransform, Convert2DTo3DTransform, MirrorTransform)
-
-
-def sigmoid_rampup(step: float, length: float) -> float:
-    """exp(-5 (1 - t)^2) for t = step / length clipped to [0, 1] (Laine & Aila 2017); 1 if ``length`` is 0."""
-    if length <= 0:
-        return 1.0
-    phase = 1.0 - min(max(step / length, 0.0), 1.0)
-    return float(np.exp(-5.0 * phase * phase))
 
 
 class SoftmaxMSE(nn.Module):
@@ -255,44 +245,3 @@ class nnUNetTrainerConsistency(nnUNetTrainerDomainKnowledge):
         if isinstance(self.dataloader_train, MixedBatches):
             self.dataloader_train.finish()
         super().on_train_end()
-
-
-class nnUNetTrainerPseudoLabel(nnUNetTrainerConsistency):
-    """Stage 3 of U-Mamba2-SSL: 500 epochs at an initial learning rate of 1e-3 decaying linearly, unlabeled share
-    from 30%, a short consistency ramp-up (5%) and pseudo labels (threshold 0.75, weight 0.1).
-
-    It starts from the final checkpoint of the ``continue_from`` trainer (stage 2) of the same dataset, plans,
-    configuration and fold, all weights included: nnU-Net's ``-pretrained_weights`` would leave the segmentation
-    heads at random (U-Mamba2 patched nnU-Net's loader for this stage instead)."""
-
-    continue_from = "nnUNetTrainerConsistency"
-    consistency_rampup = 0.05
-    unlabeled_share = (0.3, 0.5)
-    pseudo_label_weight = 0.1
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 500
-        self.initial_lr = 1e-3
-
-    def continued_checkpoint(self) -> Path:
-        """``continue_from``'s final checkpoint for this trainer's dataset, plans, configuration and fold."""
-        name = f"{self.continue_from}__{self.plans_manager.plans_name}__{self.configuration_name}"
-        return Path(self.output_folder_base).parent / name / f"fold_{self.fold}" / "checkpoint_final.pth"
-
-    def initialize(self) -> None:
-        super().initialize()
-        path = self.continued_checkpoint()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{type(self).__name__} continues from {path}, which does not exist: train stage 2 first "
-                f"(nnUNetv2_train {self.plans_manager.dataset_name} {self.configuration_name} {self.fold} "
-                f"-p {self.plans_manager.plans_name} -tr {self.continue_from})")
-        weights = torch.load(path, map_location=self.device, weights_only=False)["network_weights"]
-        unwrap(self.network).load_state_dict(weights)
-        self.print_to_log_file(f"Continuing from {path} (all weights, segmentation heads included)")
-
-    def configure_optimizers(self):
-        optimizer, _ = super().configure_optimizers()
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, exponent=1.0)

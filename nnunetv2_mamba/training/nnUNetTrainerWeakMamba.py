@@ -37,8 +37,8 @@ from nnunetv2_mamba.plans.overrides import load_override
 from nnunetv2_mamba.plans.translate import TRANSLATIONS
 from nnunetv2_mamba.training.cross_supervision_loss import CrossSupervisionLoss, as_list
 from nnunetv2_mamba.training.member_optimizers import OptimizerGroup, SchedulerGroup, nnunet_optimizer
-from nnunetv2_mamba.training.nnUNetTrainerConsistency import sigmoid_rampup
 from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba, unwrap
+from nnunetv2_mamba.training.rampup import sigmoid_rampup
 from nnunetv2_mamba.training.scribble_trainer import ScribbleTrainerMixin
 
 MEMBER_ENVIRONMENT_VARIABLE = "nnUNet_ensemble_member"

@@ -4,7 +4,8 @@ with supervised training on a CPU. Mirroring stays on: label-swap mirroring is o
 
 from __future__ import annotations
 
-from nnunetv2_mamba.training.nnUNetTrainerConsistency import nnUNetTrainerConsistency, nnUNetTrainerPseudoLabel
+from nnunetv2_mamba.training.nnUNetTrainerConsistency import nnUNetTrainerConsistency
+from nnunetv2_mamba.training.nnUNetTrainerPseudoLabel import nnUNetTrainerPseudoLabel
 from nnunetv2_mamba.training.nnUNetTrainerDAE import nnUNetTrainerDAE
 from nnunetv2_mamba.training.nnUNetTrainerDomainKnowledge import nnUNetTrainerDomainKnowledge
 from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba
