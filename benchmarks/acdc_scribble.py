@@ -34,8 +34,8 @@ Budgets (every reduction applies identically to every method):
 - ``smoke``: the CI check that the pipeline runs: 2 x 2 iterations, patch 128 x 128, batch 2, features / 16, tiny
   token networks. Its numbers mean nothing.
 - ``cpu``: 1000 iterations (40 epochs x 25, 5 validation iterations each), patch 128 x 128 with the stages nnU-Net
-  plans for it, batch 8, features / 2, token networks 48 wide with two blocks per level, no mirroring: about 75 minutes
-  per seed on 2 CPU cores.
+  plans for it, batch 8, features / 2, token networks 48 wide with two blocks per level, no mirroring: about two hours
+  per seed on 2 CPU cores (its five trainings and their predictions).
 - ``paper``: nnU-Net's plans unchanged and the paper's 30k iterations, full-size token networks, mirroring: a GPU.
 
 Outputs in ``<work>/<budget>/``: ``acdc_scribble_<budget>_<test>.md`` (the table), ``.json`` (the rows, every seed's
