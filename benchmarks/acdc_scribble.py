@@ -9,7 +9,7 @@ exists (an interrupted one resumes from its latest checkpoint) and every evaluat
    labelsTr_dense), test patients go to imagesTs / labelsTs. A dense twin with the same images and split trains the
    upper bound. nnU-Net plans and preprocesses each once (``2d``).
 2. Methods, each trained on the train patients with the same plans and schedule (the ``_<budget>`` variants of
-   :mod:`nnunetv2_mamba.training.scribble_schedules`), once per seed (``--seeds``):
+   :mod:`nnunetv2_mamba.training.variants.scribble`), once per seed (``--seeds``):
 
    - ``nnUNetTrainerScribbleBaseline``: stock nnU-Net on the scribbles (partial Dice + CE through the ignore label);
    - the same for as many iterations as fit in WeakMamba's training wall-clock of the same seed ("equal wall-clock"):
@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     import torch
 
-    from nnunetv2_mamba.training.short_schedules import Schedule
+    from nnunetv2_mamba.training.variants.schedule import Schedule
 
 # Only the standard library at module level: nnU-Net's preprocessing workers and our training processes are spawned
 # processes that import this module again, and importing torch, nnU-Net and our package would cost each seconds.
@@ -97,7 +97,7 @@ def weak_mamba_members() -> dict[str, str | None]:
 @dataclass(frozen=True)
 class Budget:
     """Edits of nnU-Net's 2d plans, applied to both datasets (None: nnU-Net's value); the schedule is the
-    ``_<name>`` variant of every trainer in :mod:`nnunetv2_mamba.training.scribble_schedules`."""
+    ``_<name>`` variant of every trainer in :mod:`nnunetv2_mamba.training.variants.scribble`."""
 
     name: str
     patch_size: tuple[int, int] | None = None
@@ -110,14 +110,14 @@ class Budget:
 
     @property
     def schedule(self) -> Schedule:
-        from nnunetv2_mamba.training import scribble_schedules
+        from nnunetv2_mamba.training.variants import scribble as scribble_schedules
 
         return getattr(scribble_schedules, self.name.upper())
 
     @property
     def weak_mamba(self) -> type:
         """WeakMamba's trainer at this budget."""
-        from nnunetv2_mamba.training import scribble_schedules
+        from nnunetv2_mamba.training.variants import scribble as scribble_schedules
 
         return getattr(scribble_schedules, f"nnUNetTrainerWeakMamba_{self.name}")
 

@@ -54,7 +54,7 @@ CLASSES = [value for value in LABELS.values() if value]
 TRAINER = "nnUNetTrainerClicks_benchmark"
 TRAINER_MODULE = '''"""Written by benchmarks/clicks_benefit.py: its schedule, found through nnUNet_extTrainer."""
 from nnunetv2_mamba.training.nnUNetTrainerClicks import nnUNetTrainerClicks
-from nnunetv2_mamba.training.short_schedules import Schedule, ShortSchedule
+from nnunetv2_mamba.training.variants.schedule import Schedule, ShortSchedule
 
 
 class {name}(ShortSchedule, nnUNetTrainerClicks):

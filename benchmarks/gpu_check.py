@@ -323,7 +323,7 @@ def layer_both_ways(run: Run, name: str, module: str, kwargs: dict) -> dict[str,
 # ---------------------------------------------------------------- cross-supervision loss
 
 def check_cross_supervision(run: Run) -> None:
-    import nnunetv2_mamba.training.cross_supervision_loss as csl
+    import nnunetv2_mamba.training.loss.cross_supervision_loss as csl
 
     settings = run.inputs()["weak_mamba_loss"]
     clean_seconds: list[float] = []
@@ -380,7 +380,7 @@ def cross_supervision_batch(run: Run, networks: int, batch: int, shape: tuple[in
                             ) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
     """Random logits (AMP dtype, deep supervision down to 1/16 as nnU-Net's plans give) of ``networks`` networks and
     scribbles (``SCRIBBLE_DENSITY`` of the voxels labelled, the rest the ignore label ``classes``) at every scale."""
-    from nnunetv2_mamba.training.cross_supervision_loss import resize_labels
+    from nnunetv2_mamba.training.loss.cross_supervision_loss import resize_labels
 
     scales = [tuple(max(1, s // 2 ** i) for s in shape) for i in range(3 if run.quick else 5)]
     outputs = {f"net{i}": [torch.randn(batch, classes, *s, device=run.device, dtype=AMP_DTYPE)
@@ -396,7 +396,7 @@ def prepare_inputs() -> dict[str, Any]:
     """The networks' plans and WeakMamba's loss settings, from nnU-Net's planner and our plans derivation (the way
     ``nnunetv2_mamba plans`` derives them) and from the trainer: everything the GPU image cannot import."""
     sys.path.insert(0, str(REPO / "tests"))
-    from nnunet_plans import DATASET, acdc_like_configurations
+    from helpers.nnunet_plans import DATASET, acdc_like_configurations
     from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
     from nnunetv2_mamba.plans import derive_plans
@@ -470,7 +470,7 @@ def train_steps(run: Run, case: dict[str, Any], steps: int, seconds: float) -> d
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    from nnunetv2_mamba.training.cross_supervision_loss import deep_supervision_weights
+    from nnunetv2_mamba.training.loss.cross_supervision_loss import deep_supervision_weights
 
     start = time.perf_counter()
     device, architecture = run.device, case["architecture"]

@@ -101,7 +101,7 @@ def main() -> None:
 
     from nnunetv2_mamba.utilities.nnunet_environment import set_environment
     from nnunetv2_mamba.nets.network_ensemble import full_resolution
-    from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss, clean_pseudo_label,
+    from nnunetv2_mamba.training.loss.cross_supervision_loss import (CrossSupervisionLoss, clean_pseudo_label,
                                                                 near_class_boundary, pseudo_label)
 
     budget = BUDGETS[args.budget]

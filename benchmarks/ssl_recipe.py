@@ -2,7 +2,7 @@
 
 The synthetic 2D dataset (nnunetv2_mamba.data.synthetic, 64 x 64 pixels) with 4 labelled, 12 unlabeled and 8 test
 cases; a U-Mamba2 shrunk for a CPU (the plans of ``nnunetv2_mamba plans -a UMambaBot2`` with a quarter of the
-features and one block per stage); the ``_cpu`` schedules of nnunetv2_mamba.training.recipe_schedules, fold ``all``:
+features and one block per stage); the ``_cpu`` schedules of nnunetv2_mamba.training.variants.recipes, fold ``all``:
 
 - supervised: ``nnUNetTrainerSupervised_cpu`` (15 epochs of 25 iterations);
 - SSL: ``nnUNetTrainerDAE_cpu`` (10 epochs) -> ``nnUNetTrainerConsistency_cpu`` (10 epochs, from the DAE's weights)

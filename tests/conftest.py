@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from scan_paths import use_scan
+from helpers.scan_paths import use_scan
 
 REPO = Path(__file__).resolve().parents[1]
 ACDC_DIR = Path(os.environ.get("NNUNETV2_MAMBA_ACDC", REPO.parent / "shared" / "data" / "acdc_scribble"))
@@ -30,5 +30,5 @@ def acdc_dir() -> Path:
 
 @pytest.fixture(params=["pytorch", "fused"])
 def scan_impl(request, monkeypatch) -> str:
-    """Run a test with each selective-scan implementation (see :func:`scan_paths.use_scan`)."""
+    """Run a test with each selective-scan implementation (see :func:`helpers.scan_paths.use_scan`)."""
     return use_scan(request.param, monkeypatch)

@@ -8,7 +8,7 @@ import torch
 import nnunetv2_mamba.ssm.modules.ss2d as ss2d_module
 from nnunetv2_mamba.nets.mamba_unet import MambaUNet
 
-from autocast_checks import check_bf16_autocast, record_output_dtypes
+from helpers.autocast_checks import check_bf16_autocast, record_output_dtypes
 
 SMALL = {"embed_dim": 24, "depths": (1, 1, 1, 1), "d_state": 4}
 SSM_PARAMETERS = ("x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds", "conv2d.weight")

@@ -18,7 +18,7 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_en
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_plans import acdc_like_configurations, build, deep_supervision_shapes
+from helpers.nnunet_plans import acdc_like_configurations, build, deep_supervision_shapes
 from nnunetv2_mamba.plans.narrow import narrow_plans
 from nnunetv2_mamba.nets import planner_kwargs
 from nnunetv2_mamba.plans import architectures, load_override

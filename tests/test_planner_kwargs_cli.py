@@ -16,7 +16,7 @@ import torch
 
 from nnunetv2_mamba.data.synthetic import write_synthetic_dataset
 from nnunetv2_mamba.plans import load_override
-from scribble_nnunet import nnunet_environment, run
+from helpers.scribble_nnunet import nnunet_environment, run
 
 pytestmark = pytest.mark.slow
 

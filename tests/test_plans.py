@@ -11,7 +11,7 @@ import pytest
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_plans import acdc_like_configurations, build
+from helpers.nnunet_plans import acdc_like_configurations, build
 from nnunetv2_mamba.plans.narrow import narrow_plans
 from nnunetv2_mamba.nets.planner_kwargs import RESENC_BLOCKS_PER_STAGE
 from nnunetv2_mamba.plans import PlansError, architectures, derive_plans, load_override, write_plans

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scribble_nnunet import DATASET, DATASET_ID, TINY_PLANS, run, scribble_environment
+from helpers.scribble_nnunet import DATASET, DATASET_ID, TINY_PLANS, run, scribble_environment
 
 from nnunetv2_mamba.evaluation.metrics import evaluate_folders
 from nnunetv2_mamba.training.dense_validation import SCRIBBLE_SUMMARY

@@ -7,8 +7,8 @@ import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from torch import nn
 
-from autocast_checks import check_bf16_autocast
-from nnunet_plans import acdc_like_configurations, build, deep_supervision_shapes
+from helpers.autocast_checks import check_bf16_autocast
+from helpers.nnunet_plans import acdc_like_configurations, build, deep_supervision_shapes
 from nnunetv2_mamba.nets.segmamba import SegMamba
 from nnunetv2_mamba.ssm.modules import TriMamba
 

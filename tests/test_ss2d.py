@@ -11,7 +11,7 @@ from nnunetv2_mamba.ssm.modules.ss2d import SS2D, cross_merge_indices, cross_sca
 from nnunetv2_mamba.ssm.ops import selective_scan
 from nnunetv2_mamba.ssm.ops.reference import selective_scan_ref
 
-from autocast_checks import check_bf16_autocast, record_output_dtypes
+from helpers.autocast_checks import check_bf16_autocast, record_output_dtypes
 
 GRIDS = [(1, 1), (1, 6), (5, 1), (4, 4), (3, 7), (8, 5)]
 

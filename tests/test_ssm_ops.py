@@ -14,7 +14,7 @@ from nnunetv2_mamba.ssm.ops import selective_scan_interface as ssi
 from nnunetv2_mamba.ssm.ops import ssd_chunked
 from nnunetv2_mamba.ssm.ops.reference import (causal_conv1d_ref, rel_err, scan_inputs, selective_scan_ref, ssd_inputs,
                                                ssd_ref, with_mamba2_ranges)
-from scan_paths import use_scan
+from helpers.scan_paths import use_scan
 
 F64 = torch.float64
 

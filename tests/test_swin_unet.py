@@ -8,7 +8,7 @@ import torch
 
 from nnunetv2_mamba.nets.swin_unet import SwinBlock, SwinUNet
 
-from nnunet_plans import build
+from helpers.nnunet_plans import build
 
 
 def interacting(height: int, width: int, window: int, shift: tuple[int, int]) -> torch.Tensor:

@@ -16,7 +16,7 @@ from nnunetv2_mamba.nets.patch_ops import PatchMerging
 from nnunetv2_mamba.nets.pretrained import read_state_dict
 from nnunetv2_mamba.nets.swin_unet import SwinUNet
 
-from nnunet_plans import build, deep_supervision_shapes
+from helpers.nnunet_plans import build, deep_supervision_shapes
 
 SMALL = {MambaUNet: {"embed_dim": 24, "depths": (1, 1, 1, 1), "d_state": 4},
          SwinUNet: {"embed_dim": 24, "depths": (1, 2, 1, 1), "num_heads": (1, 2, 3, 6)}}

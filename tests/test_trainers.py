@@ -20,12 +20,12 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from nnunet_plans import acdc_like_configurations
+from helpers.nnunet_plans import acdc_like_configurations
 from nnunetv2_mamba.commands import doctor
 from nnunetv2_mamba.ext_trainers import EXT_TRAINER_DIR
 from nnunetv2_mamba.plans import derive_plans
 from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba, unwrap
-from nnunetv2_mamba.training.short_schedules import nnUNetTrainerMamba_smoke
+from nnunetv2_mamba.training.variants.mamba import nnUNetTrainerMamba_smoke
 
 DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1, "b": 2},
                 "numTraining": 4, "file_ending": ".nii.gz"}

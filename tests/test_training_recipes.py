@@ -26,13 +26,14 @@ from nnunetv2_mamba.postprocessing.small_components import remove_small_componen
 from nnunetv2_mamba.training.feature_perturbation import perturb_features, skip_perturbation
 from nnunetv2_mamba.training.label_swap_mirroring import (LabelSwapMirrorTransform, attach_label_swap_tta,
                                                           mirror_axis_in_patch, swap_labels)
-from nnunetv2_mamba.training.nnUNetTrainerConsistency import (SoftmaxMSE, nnUNetTrainerConsistency, pseudo_labels,
+from nnunetv2_mamba.training.loss.softmax_mse import SoftmaxMSE
+from nnunetv2_mamba.training.nnUNetTrainerConsistency import (nnUNetTrainerConsistency, pseudo_labels,
                                                               strong_intensity_transforms)
 from nnunetv2_mamba.training.nnUNetTrainerPseudoLabel import nnUNetTrainerPseudoLabel
 from nnunetv2_mamba.training.rampup import sigmoid_rampup
 from nnunetv2_mamba.training.nnUNetTrainerDAE import disrupt, nnUNetTrainerDAE
 from nnunetv2_mamba.training.nnUNetTrainerDomainKnowledge import nnUNetTrainerDomainKnowledge
-from nnunetv2_mamba.training.related_class_loss import RelatedClassCrossEntropy, related_class_targets
+from nnunetv2_mamba.training.loss.related_class_loss import RelatedClassCrossEntropy, related_class_targets
 from nnunetv2_mamba.training.unlabeled_data import MixedBatches
 
 LABELS = {"background": 0, "kidney_left": 1, "kidney_right": 2, "canal": 3}

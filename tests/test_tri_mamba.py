@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autocast_checks import check_bf16_autocast, record_output_dtypes
+from helpers.autocast_checks import check_bf16_autocast, record_output_dtypes
 from nnunetv2_mamba.ssm.modules import GridSSM, Mamba, TriMamba, tri_mamba
 from nnunetv2_mamba.ssm.modules.tri_mamba import (forward_order, inter_slice_order, inverse_order, reverse_order,
                                                    tri_orders)

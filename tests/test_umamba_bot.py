@@ -8,8 +8,8 @@ from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from torch import nn
 
-from autocast_checks import check_bf16_autocast, record_output_dtypes
-from nnunet_plans import acdc_like_configurations, build, deep_supervision_shapes
+from helpers.autocast_checks import check_bf16_autocast, record_output_dtypes
+from helpers.nnunet_plans import acdc_like_configurations, build, deep_supervision_shapes
 from nnunetv2_mamba.nets.umamba_bot import UMambaBot, UMambaBot2
 from nnunetv2_mamba.ssm.modules import Mamba, Mamba2, mamba, mamba2
 

@@ -9,8 +9,8 @@ import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from torch import nn
 
-from autocast_checks import check_bf16_autocast
-from nnunet_plans import acdc_like_configurations, build, deep_supervision_shapes
+from helpers.autocast_checks import check_bf16_autocast
+from helpers.nnunet_plans import acdc_like_configurations, build, deep_supervision_shapes
 from nnunetv2_mamba.nets.click_attention import cell_centres
 from nnunetv2_mamba.nets.click_channels import PADDING, Click, decode_click_channels, encode_click_channels
 from nnunetv2_mamba.nets.umamba_bot_click import UMambaBot2Click

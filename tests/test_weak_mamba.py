@@ -19,11 +19,11 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import softmax_helper_dim1
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-from scribble_nnunet import load_plans, scribble_environment
+from helpers.scribble_nnunet import load_plans, scribble_environment
 
 from nnunetv2_mamba.data.scribble_dataset import ScribbleDatasetError
 from nnunetv2_mamba.nets.network_ensemble import NetworkEnsemble, ensemble_log_probabilities
-from nnunetv2_mamba.training.cross_supervision_loss import (CrossSupervisionLoss, PartialCrossEntropy,
+from nnunetv2_mamba.training.loss.cross_supervision_loss import (CrossSupervisionLoss, PartialCrossEntropy,
                                                             deep_supervision_weights, keep_largest_components,
                                                             keep_scribbled_components, match_targets,
                                                             near_class_boundary, pseudo_label, resize_labels,
@@ -33,7 +33,7 @@ from nnunetv2_mamba.training.member_optimizers import nnunet_optimizer
 from nnunetv2_mamba.training.nnUNetTrainerWeakMamba import (MEMBER_ENVIRONMENT_VARIABLE, foreground_counts,
                                                             nnUNetTrainerWeakMamba)
 from nnunetv2_mamba.training.nnUNetTrainerWeakMambaPaper import nnUNetTrainerWeakMambaPaper
-from nnunetv2_mamba.training.scribble_schedules import (nnUNetTrainerScribbleBaseline_smoke,
+from nnunetv2_mamba.training.variants.scribble import (nnUNetTrainerScribbleBaseline_smoke,
                                                         nnUNetTrainerWeakMamba_smoke,
                                                         nnUNetTrainerWeakMambaPaper_smoke)
 
@@ -469,7 +469,7 @@ def test_the_default_is_the_measured_recipe_and_the_paper_variant_the_papers():
 
 
 def test_schedule_variants_set_no_method_option():
-    from nnunetv2_mamba.training import scribble_schedules
+    from nnunetv2_mamba.training.variants import scribble as scribble_schedules
 
     variants = [v for v in vars(scribble_schedules).values()
                 if isinstance(v, type) and issubclass(v, nnUNetTrainerWeakMamba) and "_" in v.__name__]

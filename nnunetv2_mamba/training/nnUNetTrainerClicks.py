@@ -19,7 +19,6 @@ from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import Dow
 from nnunetv2_mamba.data.simulate_clicks import ClickSimulation, simulate_clicks
 from nnunetv2_mamba.nets.click_channels import encode_click_channels
 from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba, unwrap
-from nnunetv2_mamba.training.short_schedules import nnUNetTrainerMamba_demo, nnUNetTrainerMamba_smoke
 
 
 class SimulateClicksTransform(BasicTransform):
@@ -76,11 +75,3 @@ class nnUNetTrainerClicks(nnUNetTrainerMamba):
                             f"not take them (a click-prompted network has num_click_classes = {count}); train plans "
                             f"for UMambaBot2Click (nnunetv2_mamba plans -d DATASET -a UMambaBot2Click)")
         return count
-
-
-class nnUNetTrainerClicks_smoke(nnUNetTrainerClicks, nnUNetTrainerMamba_smoke):
-    """:class:`nnUNetTrainerClicks` on the smoke-test schedule of :class:`nnUNetTrainerMamba_smoke`."""
-
-
-class nnUNetTrainerClicks_demo(nnUNetTrainerClicks, nnUNetTrainerMamba_demo):
-    """:class:`nnUNetTrainerClicks` on the demo schedule of :class:`nnUNetTrainerMamba_demo`."""

@@ -43,18 +43,12 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 
 from nnunetv2_mamba.training.feature_perturbation import skip_perturbation
+from nnunetv2_mamba.training.loss.softmax_mse import SoftmaxMSE
 from nnunetv2_mamba.training.nnUNetTrainerDomainKnowledge import nnUNetTrainerDomainKnowledge
 from nnunetv2_mamba.training.rampup import sigmoid_rampup
 from nnunetv2_mamba.training.unlabeled_data import MixedBatches, missing_unlabeled_message, unlabeled_batches
 
 _GEOMETRIC = (Convert3DTo2DTransform, SpatialTransform, Convert2DTo3DTransform, MirrorTransform)
-
-
-class SoftmaxMSE(nn.Module):
-    """Mean squared difference between the softmax of the student's logits and the teacher's probabilities."""
-
-    def forward(self, student_logits: torch.Tensor, teacher_probabilities: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(student_logits.float().softmax(1), teacher_probabilities.float())
 
 
 def pseudo_labels(probabilities: torch.Tensor, threshold: float, ignore_label: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from nnunetv2_mamba.data.domain_knowledge import (PLANS_KEY, DomainKnowledge, do
 from nnunetv2_mamba.training.label_swap_mirroring import (LabelSwapMirrorTransform, attach_label_swap_tta,
                                                           mirror_axis_in_patch)
 from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba
-from nnunetv2_mamba.training.related_class_loss import RelatedClassCrossEntropy, related_class_targets
+from nnunetv2_mamba.training.loss.related_class_loss import RelatedClassCrossEntropy, related_class_targets
 
 
 def _swap_axis(knowledge: DomainKnowledge, plans_manager: PlansManager,

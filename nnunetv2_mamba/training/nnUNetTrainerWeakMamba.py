@@ -1,6 +1,6 @@
 """Weak-Mamba-UNet (Wang et al. 2024): a CNN, a transformer and a Mamba U-Net learn from scribbles together, each from
 the scribbles (partial cross-entropy) and from a pseudo label mixed from all three (Dice); see
-:mod:`nnunetv2_mamba.training.cross_supervision_loss` for the loss.
+:mod:`nnunetv2_mamba.training.loss.cross_supervision_loss` for the loss.
 
 nnU-Net-native: the three networks are one module (:class:`~nnunetv2_mamba.nets.network_ensemble.NetworkEnsemble`)
 built from the plans' configuration, so nnU-Net's optimizers with their poly schedule train all three (one per
@@ -35,7 +35,7 @@ from nnunetv2_mamba.plans.derive import IMPORTED_KWARGS
 from nnunetv2_mamba.plans.errors import PlansError
 from nnunetv2_mamba.plans.overrides import load_override
 from nnunetv2_mamba.plans.translate import TRANSLATIONS
-from nnunetv2_mamba.training.cross_supervision_loss import CrossSupervisionLoss, as_list
+from nnunetv2_mamba.training.loss.cross_supervision_loss import CrossSupervisionLoss, as_list
 from nnunetv2_mamba.training.member_optimizers import OptimizerGroup, SchedulerGroup, nnunet_optimizer
 from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba, unwrap
 from nnunetv2_mamba.training.rampup import sigmoid_rampup
@@ -106,7 +106,7 @@ class nnUNetTrainerWeakMamba(ScribbleTrainerMixin, nnUNetTrainerMamba):
     - ``validate_networks_separately``: the final validation also predicts with each network alone
       (``validation_<name>/`` beside nnU-Net's ``validation/``, which holds the ensemble).
 
-    :mod:`~nnunetv2_mamba.training.cross_supervision_loss` implements the pseudo-label options; the measured effect
+    :mod:`~nnunetv2_mamba.training.loss.cross_supervision_loss` implements the pseudo-label options; the measured effect
     of each is in ``documentation/scribble_supervision.md``.
     """
 

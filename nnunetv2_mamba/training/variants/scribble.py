@@ -17,7 +17,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2_mamba.training.nnUNetTrainerScribbleBaseline import nnUNetTrainerScribbleBaseline
 from nnunetv2_mamba.training.nnUNetTrainerWeakMamba import nnUNetTrainerWeakMamba
 from nnunetv2_mamba.training.nnUNetTrainerWeakMambaPaper import nnUNetTrainerWeakMambaPaper
-from nnunetv2_mamba.training.short_schedules import Schedule, ShortSchedule
+from nnunetv2_mamba.training.variants.schedule import Schedule, ShortSchedule
 
 SMOKE = Schedule(2, 2, 1, save_every=1, mirroring=False)
 DEMO = Schedule(3, 8, 1)

@@ -9,7 +9,7 @@ from nnunetv2_mamba.training.nnUNetTrainerPseudoLabel import nnUNetTrainerPseudo
 from nnunetv2_mamba.training.nnUNetTrainerDAE import nnUNetTrainerDAE
 from nnunetv2_mamba.training.nnUNetTrainerDomainKnowledge import nnUNetTrainerDomainKnowledge
 from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba
-from nnunetv2_mamba.training.short_schedules import Schedule, ShortSchedule
+from nnunetv2_mamba.training.variants.schedule import Schedule, ShortSchedule
 
 SMOKE = Schedule(2, 3, 1, save_every=1)
 CPU = Schedule(10, 25, 4)

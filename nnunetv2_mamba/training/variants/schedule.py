@@ -7,7 +7,6 @@ from typing import NamedTuple
 
 import torch
 
-from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba
 
 
 class Schedule(NamedTuple):
@@ -38,23 +37,3 @@ class ShortSchedule:
         if not self.schedule.mirroring:
             mirror_axes = self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch_size, mirror_axes
-
-
-class nnUNetTrainerMamba_smoke(ShortSchedule, nnUNetTrainerMamba):
-    """2 epochs of 2 iterations, 1 validation iteration, a checkpoint after every epoch: end-to-end tests of the whole
-    training pipeline (resuming with ``--c`` included) in seconds."""
-
-    schedule = Schedule(2, 2, 1, save_every=1)
-
-
-class nnUNetTrainerMamba_demo(nnUNetTrainerMamba):
-    """5 epochs of 20 iterations in 2D or 16 in 3D (where a CPU iteration costs more), 1 validation iteration each:
-    enough for the demo's synthetic structures to be found (at 8 in 3D nnU-Net's small U-Net was still predicting
-    background only), in about a minute per network on a CPU."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
-        self.num_iterations_per_epoch = 20 if len(self.configuration_manager.patch_size) == 2 else 16
-        self.num_val_iterations_per_epoch = 1

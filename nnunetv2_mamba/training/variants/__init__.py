@@ -1,0 +1,1 @@
+"""Trainer variants that set a schedule (epochs, iterations, network sizes, mirroring), never a method option."""
