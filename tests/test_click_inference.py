@@ -5,7 +5,6 @@ network inside nnU-Net's predictor, U-Mamba2's click post-processing."""
 from __future__ import annotations
 
 import json
-from copy import deepcopy
 
 import nibabel
 import numpy as np

@@ -50,7 +50,7 @@ def test_scan_rows_round_trip(height, width, batch):
 def four_scan_ss2d(layer: SS2D, tokens: torch.Tensor, scan) -> torch.Tensor:
     """SS2D as VMamba writes it: flips and transposes for the four orders, one ``scan`` call per direction."""
     batch, height, width, _ = tokens.shape
-    D, N, R, L = layer.d_inner, layer.d_state, layer.dt_rank, height * width
+    D, N, R = layer.d_inner, layer.d_state, layer.dt_rank
     x, z = layer.in_proj(tokens).chunk(2, dim=-1)
     x = F.silu(layer.conv2d(x.permute(0, 3, 1, 2)))  # (batch, D, H, W)
     rows, cols = x.flatten(2), x.transpose(2, 3).flatten(2)

@@ -11,6 +11,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import torch
+from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
 from nnunetv2_mamba.data.synthetic import synthetic_dataset_name, write_synthetic_dataset
 
 DATASET_ID = 990
@@ -63,3 +67,20 @@ def load_plans(env: dict[str, str]) -> tuple[dict, dict]:
     plans = json.loads((folder / f"{TINY_PLANS}.json").read_text())
     plans["continue_training"] = False
     return plans, json.loads((folder / "dataset.json").read_text())
+
+
+def make_trainer(cls: type[nnUNetTrainer], env: dict[str, str]) -> nnUNetTrainer:
+    plans, dataset_json = load_plans(env)
+    return cls(plans, "2d", 0, dataset_json, torch.device("cpu"))
+
+
+def scribble_batch(trainer: nnUNetTrainer, seed: int, batch_size: int = 2) -> dict:
+    """Random images and scribbles (a tenth of the pixels labeled) with nnU-Net's deep-supervision targets."""
+    generator = torch.Generator().manual_seed(seed)
+    patch = trainer.configuration_manager.patch_size
+    data = torch.randn(batch_size, 1, *patch, generator=generator)
+    seg = torch.randint(0, 4, (batch_size, 1, *patch), generator=generator)
+    seg[torch.rand(seg.shape, generator=generator) > 0.1] = trainer.label_manager.ignore_label
+    downsample = DownsampleSegForDSTransform(trainer._get_deep_supervision_scales())
+    per_sample = [downsample(segmentation=s)["segmentation"] for s in seg]
+    return {"data": data, "target": [torch.stack(scales) for scales in zip(*per_sample)]}
