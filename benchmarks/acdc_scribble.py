@@ -35,12 +35,16 @@ Budgets (every reduction applies identically to every method):
   token networks. Its numbers mean nothing.
 - ``cpu``: 1000 iterations (40 epochs x 25, 5 validation iterations each), patch 128 x 128 with the stages nnU-Net
   plans for it, batch 8, features / 2, token networks 48 wide with two blocks per level, no mirroring: about two hours
-  per seed on 2 CPU cores (its five trainings and their predictions).
+  per seed on 2 CPU cores (its five trainings and their predictions). Chosen from measured steps: nnU-Net's full 2d
+  configuration (patch 256 x 224, batch 8) takes about 12.5 s an iteration on 2 CPU cores; at this budget an epoch
+  of 25 training and 5 validation steps takes about 55 s for WeakMamba alone on the cores and 11 s for the baseline
+  and the dense bound.
 - ``paper``: nnU-Net's plans unchanged and the paper's 30k iterations, full-size token networks, mirroring: a GPU.
 
 Outputs in ``<work>/<budget>/``: ``acdc_scribble_<budget>_<test>.md`` (the table), ``.json`` (the rows, every seed's
 evaluations and training curves) and ``.png``; per seed, the models in ``seed<N>/nnUNet_results*``, predictions and
-evaluations in ``<test>/seed<N>/``; nnU-Net's logs in ``<work>/logs``.
+evaluations in ``<test>/seed<N>/``; nnU-Net's logs in ``<work>/logs``. Results: documentation/benchmarks.md, rendered
+from the run's JSON copied to documentation/results/.
 
     python benchmarks/acdc_scribble.py --budget cpu [--seeds 0 1 2] [--paper] [--ablation] [--distances mm|px]
         [--data DIR] [--splits FILE] [--work DIR] [--on test|val] [--test-images DIR --test-labels DIR] [--patients N]
@@ -658,6 +662,16 @@ def targets(summaries: dict[str, dict[str, Any]], seeds: int) -> list[dict[str, 
 
 # ------------------------------------------------------------------------------------------------------- report
 
+def tables(payload: dict[str, Any]) -> str:
+    """The results table and the targets of a run's JSON: its report's and documentation/benchmarks.md's."""
+    from common import format_table
+
+    rows = payload["results"]
+    checks = [{k: round(v, 3) if isinstance(v, float) else v for k, v in c.items()} for c in payload["targets"]]
+    return (format_table(rows, list(rows[0])) + "\n\nTargets (mean per-volume Dice over seeds):\n\n"
+            + format_table(checks, ["target", "WeakMamba", "comparator", "verdict"]))
+
+
 def plot(rows: list[dict[str, Any]], classes: list[str], curves: dict[str, dict], iterations_per_epoch: int,
          path: Path) -> None:
     """Per-volume Dice per class per method, mean ± sd over seeds (bars); the first seed's online validation Dice
@@ -729,7 +743,7 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP; the trainings inherit it
 
     import torch
-    from common import format_table, machine_info, write_json
+    from common import machine_info, write_json
 
     from nnunetv2_mamba.data.convert_h5 import ACDC_SPACING
     from nnunetv2_mamba.utilities.nnunet_environment import set_environment
@@ -796,18 +810,17 @@ def main() -> None:
                 f"Dice before and after nnU-Net's largest-component post-processing (LCC, the same for every method, "
                 f"not tuned); FN, FP near, FP far: missed pixels and false positives within {NEAR} pixels of the true "
                 f"structures or farther, as shares of the true foreground area. train s: wall-clock of the training "
-                f"epochs. The WeakMamba rows share one training per seed.\n\n" + format_table(table, list(table[0]))
-                + "\n\nTargets (mean per-volume Dice over seeds):\n\n"
-                + format_table([{k: round(v, 3) if isinstance(v, float) else v for k, v in c.items()}
-                                for c in checks], ["target", "WeakMamba", "comparator", "verdict"]))
+                f"epochs. The WeakMamba rows share one training per seed.\n\n")
+    payload = {"budget": budget.describe(), "schedule": budget.schedule._asdict(), "plans": budget.plans,
+               "seeds": args.seeds, "splits": str(splits_file),
+               "test": {"name": test_name, "slices": len(images), "volumes": volumes, "patients": test_patients,
+                        "labels": str(labels), "spacing_mm": ACDC_SPACING},
+               "checkpoint": CHECKPOINT, "preparation_seconds": preparation,
+               "machine": machine_info(torch.get_num_threads()), "results": table, "summaries": summaries,
+               "per_seed": per_seed, "targets": checks, "curves_first_seed": curves}
+    markdown += tables(payload)
     (folder / f"{name}.md").write_text(markdown + "\n")
-    write_json(name, {"budget": budget.describe(), "schedule": budget.schedule._asdict(), "plans": budget.plans,
-                      "seeds": args.seeds, "splits": str(splits_file),
-                      "test": {"name": test_name, "slices": len(images), "volumes": volumes,
-                               "patients": test_patients, "labels": str(labels), "spacing_mm": ACDC_SPACING},
-                      "checkpoint": CHECKPOINT, "preparation_seconds": preparation,
-                      "machine": machine_info(torch.get_num_threads()), "results": table, "summaries": summaries,
-                      "per_seed": per_seed, "targets": checks, "curves_first_seed": curves}, folder)
+    write_json(name, payload, folder)
     plot([{"method": row.name, **summaries[row.name]} for row in rows], list(classes.values()), curves,
          budget.schedule.iterations_per_epoch, folder / f"{name}.png")
     say(f"\n{markdown}\n\nwrote {folder / name}.md, .json and .png ({time.perf_counter() - started:.0f} s this run)")

@@ -19,14 +19,15 @@ The test cases are then predicted with ``nnunetv2_mamba predict-clicks``
 
 and evaluated against labelsTs with nnunetv2_mamba.evaluation.metrics. Prints a markdown table and writes
 benchmarks/results/NAME.json. On 2 idle CPU cores the default run takes about 2 minutes, the decoy run of
-documentation/interactive.md (400 training cases, 100 epochs) about 10; a second job on the cores slows either
+documentation/benchmarks.md (400 training cases, 100 epochs) about 10; a second job on the cores slows either
 down many times.
 
     python benchmarks/clicks_benefit.py [--name clicks_benefit] [--work DIR] [--seed 0] [--epochs 15]
                                         [--iterations 20] [--clicks 1 3 5] [--feature-divisor 4] [--trainer NAME]
                                         [--decoy] [--training 16] [--test 8] [--click-map-sigma S]
 
-Results (a measured run and what it means): documentation/interactive.md, "Do clicks help? A measured run".
+Results: documentation/benchmarks.md ("Interactive segmentation"), rendered from
+documentation/results/clicks_benefit_*.json; what else was tried: documentation/case_studies/clicks_synthetic.md.
 """
 
 from __future__ import annotations
@@ -120,6 +121,15 @@ def predict_and_evaluate(name: str, raw: Path, work: Path, env: dict, trainer: s
             "foreground_mean": results["foreground_mean"], "per_case": results["per_case"]}
 
 
+def tables(payload: dict) -> str:
+    """Dice per class, foreground Dice and HD95 per condition: the printed table and documentation/benchmarks.md's."""
+    rows = [{"condition": r["condition"],
+             **{f"Dice {c['name']}": c["mean"]["Dice"] for label, c in r["per_class"].items() if int(label) != 0},
+             "foreground Dice": r["foreground_mean"]["Dice"], "foreground HD95 (mm)": r["foreground_mean"]["HD95"]}
+            for r in payload["conditions"]]
+    return format_table(rows, list(rows[0]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="clicks_benefit",
@@ -167,20 +177,15 @@ def main() -> None:
     results = [predict_and_evaluate(name, raw, args.work, env, args.trainer, clicks, radius)
                for name, clicks, radius in conditions]
 
-    rows = [{"condition": r["condition"],
-             **{f"Dice {c['name']}": c["mean"]["Dice"] for label, c in r["per_class"].items() if label != 0},
-             "foreground Dice": r["foreground_mean"]["Dice"], "foreground HD95 (mm)": r["foreground_mean"]["HD95"]}
-            for r in results]
-    print(format_table(rows, list(rows[0])))
+    payload = {"training": args.training, "test": args.test, "seed": args.seed, "decoy": args.decoy,
+               "click_map_sigma": args.click_map_sigma, "trainer": args.trainer, "epochs": args.epochs,
+               "iterations_per_epoch": args.iterations, "plans": PLANS, "feature_divisor": args.feature_divisor,
+               "train_seconds": train_seconds, "machine": machine_info(torch.get_num_threads()),
+               "conditions": results}
+    print(tables(payload))
     schedule = f"{args.epochs} epochs of {args.iterations} iterations" if args.epochs else args.trainer
     print(f"training: {train_seconds:.0f} s ({schedule}, plans {PLANS}, feature divisor {args.feature_divisor})")
-    path = write_json(args.name, {"training": args.training, "test": args.test, "seed": args.seed,
-                                  "decoy": args.decoy, "click_map_sigma": args.click_map_sigma,
-                                  "trainer": args.trainer, "epochs": args.epochs,
-                                  "iterations_per_epoch": args.iterations, "plans": PLANS,
-                                  "feature_divisor": args.feature_divisor, "train_seconds": train_seconds,
-                                  "machine": machine_info(torch.get_num_threads()), "conditions": results})
-    print(f"wrote {path}")
+    print(f"wrote {write_json(args.name, payload)}")
 
 
 if __name__ == "__main__":

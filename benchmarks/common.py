@@ -96,14 +96,16 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A markdown table; floats with 3 significant digits, missing values as '-'."""
+    """A markdown table of the ``columns`` some row has; floats with 3 significant digits (whole numbers from 1,000 on,
+    with thousands separators), missing values as '-'."""
     def cell(v: Any) -> str:
         if v is None:
             return "-"
         if isinstance(v, float):
-            return f"{v:.3g}"
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
         return str(v)
 
+    columns = [c for c in columns if any(r.get(c) is not None for r in rows)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)

@@ -7,7 +7,8 @@ WeakMamba network alone and the probabilities saved (``checkpoint_best.pth``), a
 is evaluated like the benchmark's rows (``evaluate_folders``). No test patient's labels choose its own weights.
 Beside it: the equal weights (the mean of the members' softmaxes, which differs slightly from the benchmark's
 ensemble row: there nnU-Net's sliding window averages the ensemble's log-probabilities) and the weights chosen on
-every test patient (an optimistic bound, not a result).
+every test patient (an optimistic bound, not a result). The predictions take about 3 minutes on 2 CPU cores, the
+choices a few more.
 
     python benchmarks/ensemble_weights.py --work benchmarks/results/acdc_scribble --budget cpu
 """

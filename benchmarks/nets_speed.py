@@ -5,7 +5,12 @@ Each entry of ``CASES`` is a :class:`benchmarks.common.Case` whose setup returns
 "forward_backward": fn}``; ratios in the table are against the case named in its ``reference`` kwarg.
 Networks are built as nnU-Net's trainer builds them (``get_network_from_plans`` on a plans ``architecture`` block,
 deep supervision on); forward+backward is one training step's network work (loss: mean squares of the outputs).
+The 2d cases use ResEnc-M plans of an ACDC-like configuration (patch 256 x 224, batch 2, six stages up to 512
+features); MambaUNet and SwinUNet run at 224 x 224 in their papers' configuration (embedding 96, patch 4), MambaUNet
+also with the pure-PyTorch scan and the sequential reference scan; the 3d cases an isotropic 64 x 128 x 128 patch,
+batch 1, where SegMamba takes nnU-Net's topology and keeps its own block counts.
 On 2 CPU cores the 2d cases take under a minute each, the 3d ones one to two minutes.
+Results: documentation/benchmarks.md ("Networks"), rendered from documentation/results/nets_speed_*.json.
 """
 
 from __future__ import annotations
@@ -171,6 +176,15 @@ def add_ratios(rows: list[dict]) -> None:
                 row[f"{measure}_x"] = row[measure] / ref[measure]
 
 
+COLUMNS = ["case", "forward_s", "forward_s_per_image", "forward_s_x", "forward_backward_s", "forward_backward_s_x",
+           "scans_s", "scans_s_x", "peak_mb", "peak_mb_x", "load_before", "error"]
+
+
+def tables(payload: dict) -> str:
+    """The run's table, as printed and as documentation/benchmarks.md shows it."""
+    return format_table(payload["rows"], COLUMNS)
+
+
 def select(cases: list[Case], only: list[str] | None) -> list[Case]:
     """Cases whose name contains one of ``only`` (all if None), plus the references they are compared with."""
     if not only:
@@ -194,10 +208,9 @@ def main() -> None:
         print(f"running {case.name} ...", flush=True)
         rows.append(run_case(case, threads=args.threads))
     add_ratios(rows)
-    print(format_table(rows, ["case", "forward_s", "forward_s_per_image", "forward_s_x", "forward_backward_s",
-                              "forward_backward_s_x", "scans_s", "scans_s_x", "peak_mb", "peak_mb_x", "load_before",
-                              "error"]))
-    print("written to", write_json("nets_speed", {"machine": machine_info(args.threads), "rows": rows}))
+    payload = {"machine": machine_info(args.threads), "rows": rows}
+    print(tables(payload))
+    print("written to", write_json("nets_speed", payload))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ also oversamples foreground), each network's prediction and the pseudo labels of
 dense labels, which training never sees: Dice per class and mean, and as shares of the true foreground area the
 pixels missed (FN: within 3 pixels of a structure's boundary, deeper, or in structures missed entirely) and the false
 foreground (FP). A pseudo label with a margin (``pseudo_label_margin``) is scored on the pixels it supervises; its
-"left out" column is the share of the true foreground in the unsupervised band.
+"left out" column is the share of the true foreground in the unsupervised band. About a minute on 2 CPU cores.
 
     python benchmarks/pseudo_label_quality.py --work benchmarks/results/acdc_scribble --budget cpu
 """

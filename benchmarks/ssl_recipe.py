@@ -12,6 +12,9 @@ Both are predicted with nnUNetv2_predict and evaluated on the test cases with ``
 Prints a markdown table and writes benchmarks/results/ssl_recipe.json. Takes tens of minutes on 2 CPU cores.
 
     python benchmarks/ssl_recipe.py [--work DIR] [--seed 0]
+
+Results: documentation/benchmarks.md ("The semi-supervised recipe"), rendered from
+documentation/results/ssl_recipe_seed*.json; readings: documentation/case_studies/ssl_synthetic.md.
 """
 
 from __future__ import annotations
@@ -67,6 +70,16 @@ def train_and_predict(arm: str, work: Path, env: dict) -> dict:
             "foreground_mean": results["foreground_mean"]}
 
 
+def tables(payload: dict) -> str:
+    """Dice per class, foreground Dice and HD95, training seconds per arm: the printed table and
+    documentation/benchmarks.md's."""
+    rows = [{"arm": arm,
+             **{c["name"]: c["mean"]["Dice"] for label, c in result["per_class"].items() if int(label) != 0},
+             "foreground Dice": result["foreground_mean"]["Dice"], "foreground HD95": result["foreground_mean"]["HD95"],
+             "train s": sum(result["training_seconds"].values())} for arm, result in payload["arms"].items()]
+    return format_table(rows, list(rows[0]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=RESULTS_DIR / "ssl_recipe_work",
@@ -78,13 +91,10 @@ def main() -> None:
     env = nnunet_environment(args.work)
     prepare(args.work, env, args.seed)
     arms = {arm: train_and_predict(arm, args.work, env) for arm in ARMS}
-    rows = [{"arm": arm, **{c["name"]: c["mean"]["Dice"] for label, c in result["per_class"].items() if label != 0},
-             "foreground Dice": result["foreground_mean"]["Dice"], "foreground HD95": result["foreground_mean"]["HD95"],
-             "train s": sum(result["training_seconds"].values())} for arm, result in arms.items()]
-    print(format_table(rows, list(rows[0])))
-    path = write_json("ssl_recipe", {"labeled": LABELED, "unlabeled": UNLABELED, "test": TEST, "seed": args.seed,
-                                     "plans": PLANS, "machine": machine_info(torch.get_num_threads()), "arms": arms})
-    print(f"wrote {path}")
+    payload = {"labeled": LABELED, "unlabeled": UNLABELED, "test": TEST, "seed": args.seed, "plans": PLANS,
+               "machine": machine_info(torch.get_num_threads()), "arms": arms}
+    print(tables(payload))
+    print(f"wrote {write_json('ssl_recipe', payload)}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,14 @@ the fused C++ CPU kernel when it builds). Mamba2 SSD (d_model 320, expand 2 -> 1
 batch 2): sequential reference (L = 512), mamba-ssm's ``ssd_minimal_discrete`` (chunk 64), ours. mambapy's Mamba2
 calls mamba-ssm's Triton kernels, so it has no CPU path to measure. Every implementation computes the same function
 (softplus of dt + bias, D skip; z gate for Mamba1) and is timed forward and forward+backward, each case in its own
-process (peak RSS above its inputs). Usage: ``python benchmarks/ssm_speed.py [--lengths 512 4096 16384]``.
+process (peak RSS above its inputs). A second table divides the other implementations' forward+backward time and
+peak memory by ours, from the same run. The baselines come with ``pip install -e ".[bench]"`` (mambapy; mamba-ssm's
+source is fetched from PyPI by benchmarks/baselines.py). ``--skip reference`` leaves out the slowest case (its
+backward takes seconds at L = 512).
+
+    python benchmarks/ssm_speed.py [--lengths 512 4096 16384] [--threads 2] [--reps 3] [--skip IMPL ...]
+
+Results: documentation/benchmarks.md ("SSM core"), rendered from documentation/results/ssm_speed.json.
 """
 
 from __future__ import annotations
@@ -86,10 +93,40 @@ def setup_mamba2(impl: str, length: int):
     return _phases(forward, inputs)
 
 
+COLUMNS = ["case", "impl", "length", "forward_s", "forward_backward_s", "peak_mb", "load_before", "error"]
+BASELINES = {"mamba1": "mambapy", "mamba2": "ssd_minimal"}
+
+
 def ratio(rows, key, num, den):
     a = next((r for r in rows if (r["case"], r["impl"], r["length"]) == num and key in r), None)
     b = next((r for r in rows if (r["case"], r["impl"], r["length"]) == den and key in r), None)
     return None if a is None or b is None else b[key] / a[key]
+
+
+def ratios(rows: list[dict], lengths: list[int]) -> list[dict]:
+    """Ours against each other implementation, per case and length, from rows of the same run."""
+    summary = []
+    for case, baseline in BASELINES.items():
+        for length in lengths:
+            summary.append({
+                "case": case, "length": length,
+                "fwd_bwd_speedup_vs_reference": ratio(rows, "forward_backward_s", (case, "ours", length),
+                                                      (case, "reference", length)),
+                f"fwd_bwd_speedup_vs_{baseline}": ratio(rows, "forward_backward_s", (case, "ours", length),
+                                                        (case, baseline, length)),
+                f"peak_memory_{baseline}_over_ours": ratio(rows, "peak_mb", (case, "ours", length),
+                                                           (case, baseline, length)),
+                **({"fwd_bwd_speedup_vs_pytorch": ratio(rows, "forward_backward_s", (case, "ours", length),
+                                                        (case, "pytorch", length))} if case == "mamba1" else {}),
+            })
+    return summary
+
+
+def tables(payload: dict) -> str:
+    """The run's times and its ratios, as printed and as documentation/benchmarks.md shows them."""
+    summary = payload["ratios"]
+    return (format_table(payload["rows"], COLUMNS) + "\n\n"
+            + format_table(summary, list(dict.fromkeys(k for s in summary for k in s))))
 
 
 def main() -> None:
@@ -116,26 +153,9 @@ def main() -> None:
         rows.append(run_case(case, threads=args.threads))
         print("   ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
 
-    columns = ["case", "impl", "length", "forward_s", "forward_backward_s", "peak_mb", "load_before", "error"]
-    print(format_table(rows, columns))
-    summary = []
-    for case, baseline in (("mamba1", "mambapy"), ("mamba2", "ssd_minimal")):
-        for length in args.lengths:
-            summary.append({
-                "case": case, "length": length,
-                "fwd_bwd_speedup_vs_reference": ratio(rows, "forward_backward_s", (case, "ours", length),
-                                                      (case, "reference", length)),
-                f"fwd_bwd_speedup_vs_{baseline}": ratio(rows, "forward_backward_s", (case, "ours", length),
-                                                        (case, baseline, length)),
-                f"peak_memory_{baseline}_over_ours": ratio(rows, "peak_mb", (case, "ours", length),
-                                                           (case, baseline, length)),
-                **({"fwd_bwd_speedup_vs_pytorch": ratio(rows, "forward_backward_s", (case, "ours", length),
-                                                        (case, "pytorch", length))} if case == "mamba1" else {}),
-            })
-    print()
-    print(format_table(summary, list(dict.fromkeys(k for s in summary for k in s))))
-    path = write_json("ssm_speed", {"machine": machine_info(args.threads), "rows": rows, "ratios": summary})
-    print("written to", path)
+    payload = {"machine": machine_info(args.threads), "rows": rows, "ratios": ratios(rows, args.lengths)}
+    print(tables(payload))
+    print("written to", write_json("ssm_speed", payload))
 
 
 if __name__ == "__main__":

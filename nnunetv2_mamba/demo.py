@@ -196,7 +196,7 @@ def run_demo(folder: Path, runs: Sequence[DemoRun] = RUNS, device: str = "auto",
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
-    """The demo's markdown table."""
+    """The demo's markdown table; ``s/iter`` is the median seconds of a training iteration."""
     lines = ["| architecture | configuration | trainer | params | s/iter | iterations | Dice (test) |",
              "|---|---|---|---:|---:|---:|---:|"]
     for r in results:
