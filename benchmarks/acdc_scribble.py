@@ -155,6 +155,10 @@ class Training(NamedTuple):
     dense: bool = False
     equal_time: bool = False
 
+    @property
+    def dataset(self) -> str:
+        return DATASETS[self.dense]
+
     def results(self, seed_folder: Path) -> Path:
         """This training's nnUNet_results folder for one seed."""
         return seed_folder / ("nnUNet_results_equal_time" if self.equal_time else "nnUNet_results")
@@ -237,39 +241,29 @@ def write_dense_twin(scribbles: Path, target: Path) -> None:
         shutil.copy2(scribbles / "splits_final.json", tmp / "splits_final.json")
 
 
-def plan_and_preprocess(dense: bool, processes: int) -> None:
+def plan_and_preprocess(dataset_id: int, processes: int) -> None:
     """nnUNetv2_plan_and_preprocess -d ID -c 2d, from scratch (an interrupted run may have left a partial folder).
-    No integrity check: the converter validated the dataset (and so the dense labels of the twin)."""
+    No integrity check: the converter validated the dataset (and so the dense labels of a dense twin)."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                       preprocess)
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
-    shutil.rmtree(Path(os.environ["nnUNet_preprocessed"]) / DATASETS[dense], ignore_errors=True)
-    extract_fingerprints([DATASET_IDS[dense]], num_processes=processes, show_progress_bar=False)
-    plan_experiments([DATASET_IDS[dense]])
-    preprocess([DATASET_IDS[dense]], configurations=(CONFIGURATION,), num_processes=(processes,),
-               show_progress_bar=False)
+    shutil.rmtree(Path(os.environ["nnUNet_preprocessed"]) / convert_id_to_dataset_name(dataset_id), ignore_errors=True)
+    extract_fingerprints([dataset_id], num_processes=processes, show_progress_bar=False)
+    plan_experiments([dataset_id])
+    preprocess([dataset_id], configurations=(CONFIGURATION,), num_processes=(processes,), show_progress_bar=False)
 
 
-def prepare(data: Path, splits_file: Path, work: Path, patients: int | None, processes: int,
-            say: Say) -> dict[str, float]:
-    """Convert, derive the dense twin, plan and preprocess both, each step once; returns the seconds each step took
-    when it ran (kept in ``preparation.json``, which marks the steps done)."""
-    from nnunetv2_mamba.data.convert_h5 import convert_h5
+def run_steps(work: Path, source: dict[str, Any], steps: dict[str, Callable[[], None]], say: Say) -> dict[str, float]:
+    """Run each step not yet marked done in ``work/preparation.json`` (its output to ``work/logs``); returns the
+    seconds each step took when it ran. ``source`` (the data and patients) must match the record's."""
     from nnunetv2_mamba.utilities.output import output_to
 
     record = work / "preparation.json"
     done = json.loads(record.read_text()) if record.is_file() else {}
-    source = {"data": str(data.resolve()), "splits": select_patients(splits_file, patients)}
     if done.get("source", source) != source:
-        sys.exit(f"{work} holds a conversion of other data or patients ({done['source']['data']}, "
-                 f"{ {k: len(v) for k, v in done['source']['splits'].items()} } patients); use another --work")
+        sys.exit(f"{work} holds a preparation of other data or patients ({done['source']}); use another --work")
     done["source"] = source
-    raw = Path(os.environ["nnUNet_raw"])
-    steps = {"convert": partial(convert_h5, data, raw / DATASETS[False], mode="2d", splits=source["splits"],
-                                overwrite=True),  # a step not marked done may have finished before an interruption
-             "dense twin": partial(write_dense_twin, raw / DATASETS[False], raw / DATASETS[True]),
-             f"preprocess {DATASETS[False]}": partial(plan_and_preprocess, False, processes),
-             f"preprocess {DATASETS[True]}": partial(plan_and_preprocess, True, processes)}
     for name, step in steps.items():
         if name in done:
             continue
@@ -281,6 +275,22 @@ def prepare(data: Path, splits_file: Path, work: Path, patients: int | None, pro
         record.write_text(json.dumps(done, indent=1))
         say(f"  {done[name]:.0f} s")
     return {k: v for k, v in done.items() if k != "source"}
+
+
+def prepare(data: Path, splits_file: Path, work: Path, patients: int | None, processes: int,
+            say: Say) -> dict[str, float]:
+    """Convert, derive the dense twin, plan and preprocess both, each step once; returns the seconds each step took
+    when it ran (kept in ``preparation.json``, which marks the steps done)."""
+    from nnunetv2_mamba.data.convert_h5 import convert_h5
+
+    source = {"data": str(data.resolve()), "splits": select_patients(splits_file, patients)}
+    raw = Path(os.environ["nnUNet_raw"])
+    steps = {"convert": partial(convert_h5, data, raw / DATASETS[False], mode="2d", splits=source["splits"],
+                                overwrite=True),  # a step not marked done may have finished before an interruption
+             "dense twin": partial(write_dense_twin, raw / DATASETS[False], raw / DATASETS[True]),
+             f"preprocess {DATASETS[False]}": partial(plan_and_preprocess, DATASET_IDS[False], processes),
+             f"preprocess {DATASETS[True]}": partial(plan_and_preprocess, DATASET_IDS[True], processes)}
+    return run_steps(work, source, steps, say)
 
 
 def budget_plans(plans: dict[str, Any], budget: Budget) -> dict[str, Any]:
@@ -355,11 +365,12 @@ def epoch_seconds(checkpoint: Path) -> list[float]:
     return [end - start for start, end in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
 
 
-def train_process(training: Training, seed: int, epochs: int | None, device: str, log_file: str,
-                  record_file: str) -> None:
-    """One training (``nnUNetv2_train --c``) in a spawned process whose environment names the seed's nnUNet_results:
-    seeded, ``epochs`` (None: the schedule's), on a CPU with the augmentation in this process as the demo does
-    (worker processes would compete for the same cores); writes the cost record to ``record_file``."""
+def train_process(dataset: str, trainer_name: str, plans: str, seed: int, epochs: int | None, pretrained: str | None,
+                  device: str, log_file: str, record_file: str) -> None:
+    """One training (``nnUNetv2_train``) in a spawned process whose environment names its nnUNet_results: seeded,
+    ``epochs`` (None: the schedule's), resumed from its latest checkpoint if there is one, else started from
+    ``pretrained`` weights if given (nnU-Net's ``-pretrained_weights``); on a CPU with the augmentation in this process
+    as the demo does (worker processes would compete for the same cores); writes the cost record to ``record_file``."""
     import random
     import statistics
 
@@ -376,11 +387,12 @@ def train_process(training: Training, seed: int, epochs: int | None, device: str
     if device == "cpu":
         os.environ["nnUNet_n_proc_DA"] = "0"
     with open(log_file, "a") as log, output_to(log):
-        trainer = get_trainer_from_args(str(DATASET_IDS[training.dense]), CONFIGURATION, FOLD, training.trainer,
-                                        training.plans, device=torch.device(device))
+        trainer = get_trainer_from_args(dataset, CONFIGURATION, FOLD, trainer_name, plans, device=torch.device(device))
         if epochs is not None:
             trainer.num_epochs = epochs
-        maybe_load_checkpoint(trainer, continue_training=True, validation_only=False)
+        resume = any(Path(trainer.output_folder).glob("checkpoint_*.pth"))
+        maybe_load_checkpoint(trainer, continue_training=resume, validation_only=False,
+                              pretrained_weights_file=None if resume else pretrained)
         resumed_at = trainer.current_epoch
         steps = run_timed_training(trainer)
     epochs_seconds = epoch_seconds(Path(trainer.output_folder) / "checkpoint_final.pth")
@@ -392,21 +404,26 @@ def train_process(training: Training, seed: int, epochs: int | None, device: str
     Path(record_file).write_text(json.dumps(record, indent=1))
 
 
-def run_training(training: Training, seed: int, seed_folder: Path, logs: Path, device: torch.device,
-                 epochs: int | None, say: Say) -> dict[str, Any]:
+def run_training(training: Any, seed: int, seed_folder: Path, logs: Path, device: torch.device, say: Say,
+                 epochs: int | None = None, pretrained: Path | None = None) -> dict[str, Any]:
     """Train unless checkpoint_final.pth exists; returns the cost record (iterations, training wall-clock seconds,
-    median seconds of a training step, parameters), kept in ``seed_folder/training``."""
+    median seconds of a training step, parameters), kept in ``seed_folder/training``. ``training`` names its
+    ``dataset``, ``trainer``, ``plans``, ``slug`` and ``model_folder(seed_folder)`` (this module's Training and
+    acdc_dense.py's)."""
     record = seed_folder / "training" / f"{training.slug}.json"
-    if (training.model_folder(seed_folder) / f"fold_{FOLD}" / "checkpoint_final.pth").is_file() and record.is_file():
+    model_folder = training.model_folder(seed_folder)
+    if (model_folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file() and record.is_file():
         return json.loads(record.read_text())
     record.parent.mkdir(parents=True, exist_ok=True)
-    say(f"seed {seed}: nnUNetv2_train {DATASET_IDS[training.dense]} {CONFIGURATION} {FOLD} -tr {training.trainer} "
-        f"-p {training.plans}" + (f" ({epochs} epochs: equal wall-clock)" if epochs else ""))
-    os.environ["nnUNet_results"] = str(training.results(seed_folder))  # the spawned process inherits it
+    say(f"seed {seed}: nnUNetv2_train {training.dataset} {CONFIGURATION} {FOLD} -tr {training.trainer} "
+        f"-p {training.plans}" + (f" -pretrained_weights {pretrained}" if pretrained else "")
+        + (f" ({epochs} epochs)" if epochs else ""))
+    os.environ["nnUNet_results"] = str(model_folder.parents[1])  # the spawned process inherits it
     os.makedirs(os.environ["nnUNet_results"], exist_ok=True)
     log = logs / f"train_seed{seed}_{training.slug}.log"
     process = multiprocessing.get_context("spawn").Process(
-        target=train_process, args=(training, seed, epochs, device.type, str(log), str(record)))
+        target=train_process, args=(training.dataset, training.trainer, training.plans, seed, epochs,
+                                    pretrained and str(pretrained), device.type, str(log), str(record)))
     process.start()
     process.join()
     if process.exitcode != 0:
@@ -441,7 +458,7 @@ def train_seed(rows: list[Method], seed: int, seed_folder: Path, logs: Path, dev
                 chosen.write_text(json.dumps({"epochs": equal_time_epochs(timings[weak], timings[base]),
                                               "weak_mamba": timings[weak], "baseline": timings[base]}, indent=1))
             epochs = json.loads(chosen.read_text())["epochs"]
-        timings[training] = run_training(training, seed, seed_folder, logs, device, epochs, say)
+        timings[training] = run_training(training, seed, seed_folder, logs, device, say, epochs)
     return timings
 
 
@@ -712,17 +729,25 @@ def plot(rows: list[dict[str, Any]], classes: list[str], curves: dict[str, dict]
     plt.close(fig)
 
 
+def add_data_arguments(parser: argparse.ArgumentParser, default_work: Path) -> None:
+    """The options every ACDC benchmark takes: data, patients, work folder, processes, device."""
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="folder of WSL4MIS .h5 volumes (default: %(default)s)")
+    parser.add_argument("--splits", type=Path,
+                        help=f"patients per train / val / test (default: --data's {DEFAULT_SPLITS})")
+    parser.add_argument("--work", type=Path, default=default_work,
+                        help="working folder, kept between runs for resuming (default: %(default)s)")
+    parser.add_argument("--patients", type=int, help="only the first N patients of every split (quick runs)")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="processes for nnU-Net's planning and preprocessing (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=BUDGETS, default="cpu", help="(default: %(default)s)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="one run of every method per seed (default: %(default)s)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="folder of WSL4MIS .h5 volumes (default: %(default)s)")
-    parser.add_argument("--splits", type=Path,
-                        help=f"patients per train / val / test (default: --data's {DEFAULT_SPLITS})")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
-                        help="working folder, kept between runs for resuming (default: %(default)s)")
     parser.add_argument("--paper", action="store_true",
                         help="also train nnUNetTrainerWeakMambaPaper (the paper's configuration)")
     parser.add_argument("--ablation", action="store_true", help="also train MambaUNet alone and SwinUNet alone")
@@ -733,10 +758,7 @@ def main() -> None:
     parser.add_argument("--test-labels", type=Path, help="their dense labels <volume>_slice<NN>.nii.gz")
     parser.add_argument("--distances", choices=("mm", "px"), default="mm",
                         help="unit of the per-volume HD95 and ASD (default: %(default)s, at the converter's spacing)")
-    parser.add_argument("--patients", type=int, help="only the first N patients of every split (quick runs)")
-    parser.add_argument("--processes", type=int, default=2,
-                        help="processes for nnU-Net's planning and preprocessing (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    add_data_arguments(parser, DEFAULT_WORK)
     args = parser.parse_args()
     if (args.test_images is None) != (args.test_labels is None):
         parser.error("--test-images and --test-labels go together")

@@ -12,8 +12,10 @@ import torch
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_mamba.data.simulate_clicks import ClickSimulation, clicks_in_structure, simulate_clicks
+from nnunetv2_mamba.data.simulate_clicks import (ClickSimulation, clicks_in_structure, correction_clicks,
+                                                 simulate_clicks)
 from nnunetv2_mamba.data.synthetic import synthetic_case
+from nnunetv2_mamba.nets.click_channels import Click
 from nnunetv2_mamba.training.nnUNetTrainerClicks import SimulateClicksTransform, nnUNetTrainerClicks
 
 ALWAYS = ClickSimulation(no_click_probability=0.0)
@@ -66,6 +68,26 @@ def test_simulation_options_and_seeding():
         simulate_clicks(label, [1], np.random.default_rng(0), ClickSimulation(axis=2))
     with pytest.raises(ValueError, match="invalid click simulation"):
         ClickSimulation(max_clicks=0)
+
+
+def test_correction_clicks_mark_the_centre_of_the_largest_miss_of_each_class():
+    reference = np.zeros((16, 16), np.uint8)
+    reference[1:12, 1:12] = 1
+    reference[13:16, 6:9] = 2  # a 3 x 3 structure on the array's bottom edge
+    prediction = reference.copy()
+    prediction[2:7, 2:7] = 0  # class 1 misses a 5 x 5 block (centre (4, 4)) ...
+    prediction[9:11, 9:11] = 0  # ... and a smaller 2 x 2 one
+    prediction[13:16, 6:9] = 1  # class 2 predicted as class 1: class 2's miss, not a click of class 1
+    prediction[0, 15] = 3  # a false positive on background: no click
+    # the edge counts as border: (14, 7), not (15, 7), which is 3 pixels from the structure's top and 1 from the edge
+    assert correction_clicks(prediction, reference, [1, 2, 3]) == [Click(1, (4, 4)), Click(2, (14, 7))]
+    # earlier clicks leave the missed voxels: the next click goes elsewhere (ties: the first in array order)
+    assert correction_clicks(prediction, reference, [1, 2, 3], exclude=[(4, 4), (14, 7)]) == [
+        Click(1, (3, 3)), Click(2, (13, 6))]
+    assert correction_clicks(reference, reference, [1, 2, 3]) == []
+    volume = np.zeros((5, 5, 5), np.uint8)
+    volume[1:4, 1:4, 1:4] = 2
+    assert correction_clicks(np.zeros_like(volume), volume, [2]) == [Click(2, (2, 2, 2))]
 
 
 def stub_trainer(num_labels: int = 3, network=SimpleNamespace(num_click_classes=3), regions: bool = False):

@@ -7,6 +7,9 @@ Per foreground class present in a label map (with at least ``min_voxels`` voxels
 structure in a few slices from one end to the other (the inferior alveolar canal along the axial slices). Each click
 lies inside its structure: the voxel of the structure in its slice nearest to a jittered point about the structure's
 median in that slice (near the middle of a blob, on a ring for a ring). Everything is drawn from the ``rng`` given.
+
+For evaluating a prompted network as an annotator uses it, :func:`correction_clicks` places clicks deterministically
+where a prediction misses, one round at a time.
 """
 
 from __future__ import annotations
@@ -67,4 +70,29 @@ def simulate_clicks(label_map: np.ndarray, labels: Sequence[int], rng: np.random
         count = int(rng.integers(1, simulation.max_clicks + 1))
         clicks += [Click(int(label), point) for point in clicks_in_structure(mask, count, rng, simulation.axis,
                                                                               simulation.jitter)]
+    return clicks
+
+
+def correction_clicks(prediction: np.ndarray, reference: np.ndarray, labels: Sequence[int],
+                      exclude: Sequence[Sequence[int]] = ()) -> list[Click]:
+    """One click per class of ``labels`` that ``prediction`` misses somewhere, as an annotator corrects a prediction:
+    at the centre of the largest connected component (full connectivity) of the class's missed voxels (``reference``
+    has the class, ``prediction`` another), the voxel farthest from the component's border (the maximum of its
+    Euclidean distance transform, the array's edge counting as border; the first in array order on ties). Voxels in
+    ``exclude`` (earlier clicks) are left out of the missed voxels, so a click that did not correct its region is
+    followed by another one. False positives get no click of their own: prompts are positive clicks (no background
+    channel), and a false positive of one class on another class's ground is that class's miss."""
+    from scipy import ndimage
+
+    missed = reference != prediction
+    for point in exclude:
+        missed[tuple(int(v) for v in point)] = False
+    clicks = []
+    for label in labels:
+        components, count = ndimage.label(missed & (reference == label), np.ones((3,) * reference.ndim))
+        if not count:
+            continue
+        largest = components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+        distance = ndimage.distance_transform_edt(np.pad(largest, 1))[(slice(1, -1),) * reference.ndim]
+        clicks.append(Click(int(label), tuple(int(v) for v in np.unravel_index(np.argmax(distance), largest.shape))))
     return clicks

@@ -1,0 +1,72 @@
+"""benchmarks/acdc_semisupervised.py at its smoke budget on real ACDC data (two patients per split of
+splits_heldout.json, one of the two train patients labelled), so that the benchmark cannot rot: every stage of the
+recipe trains (the DAE's weights start the fine-tuning and stage 2, stage 3 continues stage 2), every row is scored
+per volume on the test patients and lands in the table, the JSON (which the docs renderer reads through ``tables``)
+and the plot; a second run resumes, i.e. trains and predicts nothing again."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from helpers.benchmark_scripts import BENCHMARKS, run_script
+
+pytestmark = [pytest.mark.slow, pytest.mark.acdc]
+
+ROWS = ["supervised only", "DAE -> supervised", "DAE -> consistency (stage 2)",
+        "full recipe: DAE -> consistency -> pseudo labels"]
+
+
+def test_labelled_patients_spread_over_the_pathology_groups(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from acdc_semisupervised import choose_labelled
+
+    train = [f"patient{i:03d}" for i in range(1, 61)]
+    assert choose_labelled(train, 3) == ["patient011", "patient031", "patient051"]
+    assert choose_labelled(list(reversed(train)), 2) == ["patient016", "patient046"]
+    with pytest.raises(SystemExit, match="needs 1 to 59"):
+        choose_labelled(train, 60)
+
+
+def test_smoke_budget_reports_every_row_and_resumes(acdc_dir, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    arguments = ["--budget", "smoke", "--labelled", "1", "--patients", "2", "--seeds", "0", "--processes", "1",
+                 "--device", "cpu", "--data", str(acdc_dir), "--work", str(work)]
+    first = run_script("acdc_semisupervised", arguments)
+    assert first.count("nnUNetv2_train") == 5  # supervised, DAE, DAE -> supervised, consistency, pseudo labels
+    assert first.count("-pretrained_weights") == 2
+
+    payload = json.loads((work / "smoke" / "acdc_semisupervised_smoke_test.json").read_text())
+    heldout = json.loads((acdc_dir / "splits_heldout.json").read_text())
+    assert payload["scored patients"] == sorted(heldout["test"])[:2]
+    setting = payload["settings"]["1"]
+    assert setting["labelled patients"] == [sorted(heldout["train"])[1]]
+    assert [row["method"] for row in payload["results"]] == ROWS
+    for name in ROWS:
+        (row,) = setting["per_seed"][name]
+        for key in ("RV", "MYO", "LV", "mean Dice"):
+            assert 0 <= row[key] <= 1, (name, key, row[key])
+        assert row["HD95 (mm)"] is None or math.isnan(row["HD95 (mm)"]) or row["HD95 (mm)"] >= 0
+        assert row["train s"] > 0
+    iterations = {name: (r[0]["segmentation iterations"], r[0]["DAE iterations"])
+                  for name, r in setting["per_seed"].items()}
+    assert iterations == {ROWS[0]: (12, 0), ROWS[1]: (12, 6), ROWS[2]: (6, 6), ROWS[3]: (12, 6)}
+    assert [g["stage"] for g in setting["gains"]] == ["DAE pre-training", "consistency (stage 2)",
+                                                        "pseudo labels (stage 3)", "full recipe over supervised only"]
+    assert payload["targets"] == [{"target": "full recipe >= supervised only + 0.03 with 7 labelled patients",
+                                   "verdict": "not run (--labelled without 7)"}]
+    table = (work / "smoke" / "acdc_semisupervised_smoke_test.md").read_text()
+    assert all(name in table for name in ROWS)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from acdc_semisupervised import tables
+
+    assert tables(payload) in table
+    assert (work / "smoke" / "acdc_semisupervised_smoke_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    volumes = list((work / "smoke" / "test" / "seed0" / "1L" / "volumes" / "reference").glob("*.nii.gz"))
+    assert len(volumes) == 4  # two frames of two test patients
+
+    second = run_script("acdc_semisupervised", arguments)
+    assert "nnUNetv2_train" not in second and "nnUNetv2_predict" not in second and "convert ..." not in second
+    again = json.loads((work / "smoke" / "acdc_semisupervised_smoke_test.json").read_text())
+    assert again["settings"]["1"]["per_seed"] == setting["per_seed"]
