@@ -1,6 +1,7 @@
 """The training-recipe options on crafted inputs: domain_knowledge.json parsing, related-class label smoothing and
 class weights, label-swap mirroring in training and at inference, small-component removal, DAE disruptions and
-weight transfer, feature perturbation, consistency/pseudo-label pieces and the unlabeled batch mixing."""
+weight transfer, feature perturbation, consistency/pseudo-label pieces and the unlabeled batch mixing; and, on real
+ACDC slices (slow), the DAE's reconstruction loss falling."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import itertools
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -20,7 +22,7 @@ from torch import nn
 
 from nnunetv2_mamba.cli import main as cli
 from nnunetv2_mamba.data.domain_knowledge import DomainKnowledgeError, load_domain_knowledge, parse_domain_knowledge
-from nnunetv2_mamba.data.synthetic import write_synthetic_dataset
+from nnunetv2_mamba.data.synthetic import synthetic_case, write_synthetic_dataset
 from nnunetv2_mamba.data.unlabeled import move_to_unlabeled, preprocess_unlabeled
 from nnunetv2_mamba.postprocessing.small_components import remove_small_components
 from nnunetv2_mamba.training.feature_perturbation import perturb_features, skip_perturbation
@@ -245,7 +247,7 @@ def test_nnunet_predictor_with_swap_aware_network_averages_all_flips_with_swaps(
 
 # --- the domain-knowledge trainer ---------------------------------------------------------------------------------
 
-def _plans(architecture: dict) -> dict:
+def _plans(architecture: dict, patch_size: tuple[int, int] = (32, 32)) -> dict:
     return {"dataset_name": "Dataset998_Recipes", "plans_name": "nnUNetPlans", "image_reader_writer": "SimpleITKIO",
             "original_median_spacing_after_transp": [999.0, 1.0, 1.0],
             "original_median_shape_after_transp": [1, 32, 32], "transpose_forward": [0, 1, 2],
@@ -254,7 +256,8 @@ def _plans(architecture: dict) -> dict:
             "foreground_intensity_properties_per_channel": {"0": {"mean": 0.0, "std": 1.0}},
             "configurations": {"2d": {
                 "data_identifier": "nnUNetPlans_2d", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
-                "patch_size": [32, 32], "median_image_size_in_voxels": [32, 32], "spacing": [1.0, 1.0],
+                "patch_size": list(patch_size), "median_image_size_in_voxels": list(patch_size),
+                "spacing": [1.0, 1.0],
                 "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False],
                 "resampling_fn_data": "resample_data_or_seg_to_shape",
                 "resampling_fn_seg": "resample_data_or_seg_to_shape",
@@ -299,8 +302,8 @@ def nnunet_folders(tmp_path, monkeypatch):
     return base
 
 
-def _trainer(cls, base: Path, architecture=PLAIN_UNET):
-    plans = _plans(architecture)
+def _trainer(cls, base: Path, architecture=PLAIN_UNET, patch_size: tuple[int, int] = (32, 32)):
+    plans = _plans(architecture, patch_size)
     (base / "nnUNetPlans.json").write_text(json.dumps(plans))
     return cls(plans | {"continue_training": False}, "2d", 0, json.loads((base / "dataset.json").read_text()),
                torch.device("cpu"))
@@ -384,6 +387,88 @@ def test_dae_checkpoint_loads_into_the_segmentation_network(nnunet_folders, tmp_
     assert len(transferred) == len(network.state_dict()) - sum(".seg_layers." in k for k in network.state_dict())
     for key, value in transferred.items():
         assert torch.equal(network.state_dict()[key], value), key
+
+
+def _dae(base: Path, architecture: dict = PLAIN_UNET, patch_size: tuple[int, int] = (32, 32),
+         num_epochs: int = 200) -> nnUNetTrainerDAE:
+    """A DAE trainer with the network, optimizer (its schedule over ``num_epochs``) and loss of its ``initialize()``,
+    which needs no preprocessed data."""
+    dae = _trainer(nnUNetTrainerDAE, base, architecture, patch_size)
+    dae.num_epochs = num_epochs
+    dae.network = dae.build_network_architecture(dae.plans_manager, dae.configuration_manager, 1, 4, False)
+    dae.optimizer, dae.lr_scheduler = dae.configure_optimizers()
+    dae.loss = dae._build_loss()
+    return dae
+
+
+def _validate(dae: nnUNetTrainerDAE, batches: list[torch.Tensor]) -> tuple[float, float]:
+    """Mean reconstruction L1 and score of the DAE's validation step over ``batches``, with fixed disruptions."""
+    dae.network.eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        outputs = [dae.validation_step({"data": batch}) for batch in batches]
+    dae.network.train()
+    return float(np.mean([o["loss"] for o in outputs])), float(np.mean([o["score"] for o in outputs]))
+
+
+def test_dae_beats_the_disrupted_input_within_a_few_hundred_steps(nnunet_folders):
+    """The CPU benchmark's DAE stage (250 steps) ended no better than the disrupted input: at its learning rate then
+    (3e-4) the network had not yet learned to copy its input. 400 steps on 32 x 32 synthetic images must do better."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # networks this small run fastest on one thread
+    dae = _dae(nnunet_folders)
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(np.stack([synthetic_case(rng, (32, 32), (1.0, 1.0))[0] for _ in range(40)]))[:, None]
+    images = (images - images.mean((2, 3), keepdim=True)) / images.std((2, 3), keepdim=True)  # nnU-Net's z-score
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        dae.train_step({"data": images[torch.randint(0, 32, (2,), generator=generator)]})
+    assert _validate(dae, list(images[32:].split(2)))[1] > 0
+
+
+def _acdc_slices(acdc_dir: Path, patients: list[str]) -> torch.Tensor:
+    """Every slice of the patients' volumes at 128 x 128 (about 3 mm pixels), z-scored one by one as nnU-Net
+    normalises 2D cases."""
+    slices = []
+    for path in sorted(p for patient in patients for p in acdc_dir.glob(f"{patient}_frame*.h5")):
+        with h5py.File(path) as volume:
+            slices.append(F.interpolate(torch.from_numpy(volume["image"][:])[:, None], size=(128, 128), mode="area"))
+    images = torch.cat(slices)
+    return (images - images.mean((2, 3), keepdim=True)) / images.std((2, 3), keepdim=True).clamp_min(1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.acdc
+def test_dae_reconstruction_loss_falls_on_acdc(acdc_dir, nnunet_folders):
+    """The DAE trainer's own steps (network: a U-Mamba2 of 8 to 128 features; optimizer, learning-rate schedule,
+    loss, disruptions, score) on ACDC: random 64 x 64 crops of 12 training patients' slices, 2 per step, validated
+    on centre crops of 40 slices of 4 other training patients (splits_heldout.json's train patients only). 1000
+    steps, half a minute on one core; prints the numbers (pytest -s)."""
+    architecture = {**UMAMBA_BOT2, "arch_kwargs": {
+        **UMAMBA_BOT2["arch_kwargs"], "n_stages": 5, "features_per_stage": [8, 16, 32, 64, 128],
+        "kernel_sizes": [[3, 3]] * 5, "strides": [[1, 1]] + [[2, 2]] * 4, "n_blocks_per_stage": [1] * 5,
+        "n_conv_per_stage_decoder": [1] * 4, "headdim": 16}}
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    epochs, steps_per_epoch = 40, 25
+    dae = _dae(nnunet_folders, architecture, (64, 64), epochs)
+    patients = json.loads((acdc_dir / "splits_heldout.json").read_text())["train"]
+    train, validation = _acdc_slices(acdc_dir, patients[:12]), _acdc_slices(acdc_dir, patients[12:16])
+    validation_batches = list(validation[:40, :, 32:96, 32:96].split(2))
+    generator = torch.Generator().manual_seed(0)
+    start, losses = _validate(dae, validation_batches), []
+    for epoch in range(epochs):
+        dae.lr_scheduler.step(epoch)
+        for _ in range(steps_per_epoch):
+            index = torch.randint(0, len(train), (2,), generator=generator)
+            top, left = torch.randint(16, 48, (2,), generator=generator).tolist()
+            losses.append(float(dae.train_step({"data": train[index, :, top:top + 64, left:left + 64]})["loss"]))
+    end = _validate(dae, validation_batches)
+    first, last = np.mean(losses[:100]), np.mean(losses[-100:])
+    print(f"\nACDC DAE, {len(train)} training / {2 * len(validation_batches)} validation slices: training L1 "
+          f"{first:.3f} (first 100 steps) -> {last:.3f} (last 100); validation L1 {start[0]:.3f} -> {end[0]:.3f}, "
+          f"score {start[1]:.3f} -> {end[1]:.3f}")
+    assert last < 0.6 * first and end[0] < 0.4 * start[0] and end[1] > 0.05
 
 
 # --- consistency and pseudo labels ---------------------------------------------------------------------------------

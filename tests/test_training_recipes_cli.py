@@ -100,6 +100,7 @@ def test_ssl_recipe_through_the_command_lines(env, monkeypatch):
 
     out = train("nnUNetTrainerDAE_smoke")
     assert re.search(r"DAE pre-training on \d labelled and 4 unlabeled cases", out)
+    assert re.search(r"Reconstruction L1 [\d.]+, disrupted input's L1 [\d.]+", out)
     dae = trained(env, "nnUNetTrainerDAE_smoke") / "fold_0" / "checkpoint_final.pth"
     assert torch.load(dae, weights_only=False)["network_weights"]["decoder.seg_layers.0.weight"].shape[0] == 1
 

@@ -50,11 +50,12 @@ class nnUNetTrainerDAE(nnUNetTrainerMamba):
     """Reconstructs every input channel from :func:`disrupt`-ed inputs with an L1 loss, using the network of the
     plans with one output channel per input channel and no deep supervision.
 
-    Defaults follow U-Mamba2-SSL's DAE run: 200 epochs with AdamW (weight decay 0.05). Batches of unlabeled cases
-    (if any were preprocessed, see :mod:`nnunetv2_mamba.data.unlabeled`) are drawn in proportion to their number.
-    The "pseudo Dice" in the log and progress.png is the share of the disruption's L1 error that the reconstruction
-    removes (1: perfect, 0: no better than the disrupted input); the best checkpoint follows it. There is no
-    segmentation to validate at the end.
+    Defaults follow U-Mamba2-SSL's DAE run: 200 epochs with AdamW (weight decay 0.05), here at a learning rate of
+    10⁻³. Batches of unlabeled cases (if any were preprocessed, see :mod:`nnunetv2_mamba.data.unlabeled`) are drawn
+    in proportion to their number. The "pseudo Dice" in the log and progress.png is the share of the disruption's L1
+    error that the reconstruction removes (1: perfect, 0: no better than the disrupted input, below 0 while the
+    network has not yet learned to copy its input); the best checkpoint follows it, and the log gives both L1
+    errors. There is no segmentation to validate at the end.
     """
 
     noise_std = 0.1 ** 0.5
@@ -67,7 +68,9 @@ class nnUNetTrainerDAE(nnUNetTrainerMamba):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = False
         self.num_epochs = 200
-        self.initial_lr = 3e-4
+        # higher than U-Mamba2-SSL's: at lower rates a short schedule ends before the network can even copy its input
+        # (documentation/case_studies/ssl_synthetic.md)
+        self.initial_lr = 1e-3
         self.weight_decay = 0.05
 
     @classmethod
@@ -115,15 +118,18 @@ class nnUNetTrainerDAE(nnUNetTrainerMamba):
         disrupted = self.disrupt(images)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             loss = self.loss(self.network(disrupted), images)
-        score = 1 - loss / F.l1_loss(disrupted, images).clamp_min(1e-8)
-        return {"loss": loss.detach().cpu().numpy(), "score": score.detach().cpu().numpy()}
+        baseline = F.l1_loss(disrupted, images)
+        score = 1 - loss / baseline.clamp_min(1e-8)
+        return {"loss": loss.detach().cpu().numpy(), "score": score.detach().cpu().numpy(),
+                "disrupted": baseline.cpu().numpy()}
 
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
-        loss, score = np.mean([o["loss"] for o in val_outputs]), np.mean([o["score"] for o in val_outputs])
+        loss, score, disrupted = (np.mean([o[key] for o in val_outputs]) for key in ("loss", "score", "disrupted"))
         if self.is_ddp:
             gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (loss, score))
-            loss, score = np.mean(gathered, axis=0)
+            dist.all_gather_object(gathered, (loss, score, disrupted))
+            loss, score, disrupted = np.mean(gathered, axis=0)
+        self.print_to_log_file(f"Reconstruction L1 {loss:.4f}, disrupted input's L1 {disrupted:.4f}")
         self.logger.log("mean_fg_dice", score, self.current_epoch)
         self.logger.log("dice_per_class_or_region", [score], self.current_epoch)
         self.logger.log("val_losses", loss, self.current_epoch)

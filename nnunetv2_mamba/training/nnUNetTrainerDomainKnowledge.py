@@ -98,6 +98,9 @@ class nnUNetTrainerDomainKnowledge(nnUNetTrainerMamba):
             transforms.transforms = [
                 LabelSwapMirrorTransform(t.allowed_axes, axis, permutation) if type(t) is MirrorTransform else t
                 for t in transforms.transforms]
+            if any(isinstance(t, LabelSwapMirrorTransform) and axis in t.allowed_axes for t in transforms.transforms):
+                pairs = list(self.domain_knowledge.mirror_pairs)
+                self.print_to_log_file(f"Mirroring augmentation swaps labels {pairs} when it flips patch axis {axis}")
         return transforms
 
     def _build_loss(self) -> nn.Module:
@@ -113,8 +116,12 @@ class nnUNetTrainerDomainKnowledge(nnUNetTrainerMamba):
         weights = torch.ones(classes)
         for label, weight in knowledge.class_weights.items():
             weights[label] = weight
-        compound.ce = RelatedClassCrossEntropy(related_class_targets(classes, knowledge.related, knowledge.smoothing),
-                                               weights, self.label_manager.ignore_label).to(self.device)
+        targets = related_class_targets(classes, knowledge.related, knowledge.smoothing)
+        compound.ce = RelatedClassCrossEntropy(targets, weights, self.label_manager.ignore_label).to(self.device)
+        soft = {label: {c: round(targets[label, c].item(), 6) for c in targets[label].nonzero()[:, 0].tolist()}
+                for label in sorted(knowledge.related)}
+        self.print_to_log_file(f"Cross-entropy with domain knowledge: soft targets {soft}, class weights "
+                               f"{[round(w, 6) for w in weights.tolist()]}")
         return loss
 
     def _swap_axis(self) -> int | None:

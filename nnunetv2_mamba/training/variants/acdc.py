@@ -20,7 +20,7 @@ from nnunetv2_mamba.training.nnUNetTrainerPseudoLabel import nnUNetTrainerPseudo
 from nnunetv2_mamba.training.variants import recipes
 from nnunetv2_mamba.training.variants.schedule import Schedule, ShortSchedule
 
-CPU_DAE = Schedule(12, 25, 2, save_every=4, mirroring=False)
+CPU_DAE = Schedule(40, 25, 2, save_every=4, mirroring=False)
 CPU_CONSISTENCY = Schedule(24, 25, 4, save_every=4, mirroring=False)
 CPU_PSEUDO_LABEL = Schedule(12, 25, 4, save_every=4, mirroring=False)  # half of stage 2, as U-Mamba2-SSL (500/1000)
 CPU_CLICKS = Schedule(60, 25, 4, save_every=5, mirroring=False)
