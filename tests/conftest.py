@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.scan_paths import use_scan
+from helpers.scribble_nnunet import scribble_environment
 
 REPO = Path(__file__).resolve().parents[1]
 ACDC_DIR = Path(os.environ.get("NNUNETV2_MAMBA_ACDC", REPO.parent / "shared" / "data" / "acdc_scribble"))
@@ -32,3 +33,17 @@ def acdc_dir() -> Path:
 def scan_impl(request, monkeypatch) -> str:
     """Run a test with each selective-scan implementation (see :func:`helpers.scan_paths.use_scan`)."""
     return use_scan(request.param, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def scribble_env(tmp_path_factory) -> dict[str, str]:
+    """The planned and preprocessed synthetic scribble dataset (prepared once per session), results per module."""
+    return scribble_environment(tmp_path_factory, "weak_mamba_results")
+
+
+@pytest.fixture
+def nnunet_paths(scribble_env, monkeypatch) -> dict[str, str]:
+    """nnU-Net's folders of :func:`scribble_env` in this test's environment."""
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, scribble_env[key])
+    return scribble_env

@@ -4,23 +4,10 @@ validation where there are none."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from helpers.scribble_nnunet import make_trainer, scribble_environment
+from helpers.scribble_nnunet import make_trainer
 
 from nnunetv2_mamba.training.dense_validation import DENSE_FOLDER
 from nnunetv2_mamba.training.variants.scribble import nnUNetTrainerScribbleBaseline_smoke
-
-
-@pytest.fixture(scope="module")
-def scribble_env(tmp_path_factory) -> dict[str, str]:
-    return scribble_environment(tmp_path_factory, "weak_mamba_results")
-
-
-@pytest.fixture
-def nnunet_paths(scribble_env, monkeypatch) -> dict[str, str]:
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(key, scribble_env[key])
-    return scribble_env
 
 
 def test_online_validation_reads_dense_labels_aligned_with_the_images(nnunet_paths):

@@ -6,22 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from helpers.scribble_nnunet import make_trainer, scribble_batch, scribble_environment
+from helpers.scribble_nnunet import make_trainer, scribble_batch
 
 from nnunetv2_mamba.training.member_optimizers import nnunet_optimizer
 from nnunetv2_mamba.training.variants.scribble import nnUNetTrainerWeakMamba_smoke, nnUNetTrainerWeakMambaPaper_smoke
-
-
-@pytest.fixture(scope="module")
-def scribble_env(tmp_path_factory) -> dict[str, str]:
-    return scribble_environment(tmp_path_factory, "weak_mamba_results")
-
-
-@pytest.fixture
-def nnunet_paths(scribble_env, monkeypatch) -> dict[str, str]:
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(key, scribble_env[key])
-    return scribble_env
 
 
 class WeakMambaAdamW(nnUNetTrainerWeakMamba_smoke):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers.scribble_nnunet import load_plans, make_trainer, scribble_batch, scribble_environment
+from helpers.scribble_nnunet import load_plans, make_trainer, scribble_batch
 from helpers.tiny_net import TinyNet
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -34,18 +34,6 @@ def test_foreground_counts_skip_background_and_ignored_pixels():
 
 
 IGNORE = 3  # three classes 0, 1, 2 in the crafted examples
-
-
-@pytest.fixture(scope="module")
-def scribble_env(tmp_path_factory) -> dict[str, str]:
-    return scribble_environment(tmp_path_factory, "weak_mamba_results")
-
-
-@pytest.fixture
-def nnunet_paths(scribble_env, monkeypatch) -> dict[str, str]:
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(key, scribble_env[key])
-    return scribble_env
 
 
 def test_network_from_plans_holds_the_three_networks_and_the_member_choice(nnunet_paths, monkeypatch):
