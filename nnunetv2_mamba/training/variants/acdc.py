@@ -18,17 +18,12 @@ from nnunetv2_mamba.training.nnUNetTrainerDAE import nnUNetTrainerDAE
 from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba
 from nnunetv2_mamba.training.nnUNetTrainerPseudoLabel import nnUNetTrainerPseudoLabel
 from nnunetv2_mamba.training.variants import recipes
-from nnunetv2_mamba.training.variants.schedule import Schedule, ShortSchedule
+from nnunetv2_mamba.training.variants.schedule import Schedule, ShortSchedule, segmentation_total
 
 CPU_DAE = Schedule(40, 25, 2, save_every=4, mirroring=False)
 CPU_CONSISTENCY = Schedule(24, 25, 4, save_every=4, mirroring=False)
 CPU_PSEUDO_LABEL = Schedule(12, 25, 4, save_every=4, mirroring=False)  # half of stage 2, as U-Mamba2-SSL (500/1000)
 CPU_CLICKS = Schedule(60, 25, 4, save_every=5, mirroring=False)
-
-
-def segmentation_total(*stages: Schedule) -> Schedule:
-    """One schedule with the epochs of ``stages`` together (their iterations per epoch are equal)."""
-    return stages[0]._replace(epochs=sum(stage.epochs for stage in stages))
 
 
 class nnUNetTrainerSupervised_acdc_smoke(ShortSchedule, nnUNetTrainerMamba):

@@ -9,7 +9,7 @@ from nnunetv2_mamba.training.nnUNetTrainerPseudoLabel import nnUNetTrainerPseudo
 from nnunetv2_mamba.training.nnUNetTrainerDAE import nnUNetTrainerDAE
 from nnunetv2_mamba.training.nnUNetTrainerDomainKnowledge import nnUNetTrainerDomainKnowledge
 from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba
-from nnunetv2_mamba.training.variants.schedule import Schedule, ShortSchedule
+from nnunetv2_mamba.training.variants.schedule import Schedule, ShortSchedule, segmentation_total
 
 SMOKE = Schedule(2, 3, 1, save_every=1)
 CPU = Schedule(10, 25, 4)
@@ -50,4 +50,4 @@ class nnUNetTrainerSupervised_cpu(ShortSchedule, nnUNetTrainerMamba):
     """The comparison's supervised-only baseline: as many segmentation epochs as the consistency and pseudo-label
     stages together."""
 
-    schedule = Schedule(CPU.epochs + CPU_PSEUDO_LABEL.epochs, 25, 4)
+    schedule = segmentation_total(CPU, CPU_PSEUDO_LABEL)

@@ -19,6 +19,11 @@ class Schedule(NamedTuple):
     mirroring: bool = True  # as augmentation and at inference (nnU-Net's default)
 
 
+def segmentation_total(*stages: Schedule) -> Schedule:
+    """One schedule with the epochs of ``stages`` together (their iterations per epoch are equal)."""
+    return stages[0]._replace(epochs=sum(stage.epochs for stage in stages))
+
+
 class ShortSchedule:
     """Mixin (list it first) setting the trainer's epochs, iterations, checkpoint interval and mirroring from
     ``schedule``."""
