@@ -50,10 +50,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from acdc_dense import (CONVERTED, Training, add_arguments, case_name, conversion_source, convert, evaluate_volumes,
-                        predict, predictor_for, pyplot, schedule_of, train, scored_set, start, summarise, verdict,
+                        predict, predictor_for, schedule_of, train, scored_set, start, summarise, verdict,
                         volume_metrics, write_network_plans)
-from acdc_scribble import (BUDGETS, CHECKPOINT, DEFAULT_SPLITS, DIGITS, Say, cell, plan_and_preprocess, run_steps,
-                           write_dense_twin)
+from acdc_scribble import (BUDGETS, CHECKPOINT, DEFAULT_SPLITS, DIGITS, Say, cell, plan_and_preprocess, pyplot,
+                           run_steps, write_dense_twin)
 
 if TYPE_CHECKING:
     import torch

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from acdc_scribble import (CHECKPOINT, CONFIGURATION, FOLD, IMAGE_SUFFIX, Budget, Say,
-                           add_data_arguments, budget_plans, mean_sd, run_training, select_patients)
+from acdc_scribble import (CHECKPOINT, CONFIGURATION, FOLD, IMAGE_SUFFIX, Budget, Say, add_data_arguments,
+                           budget_plans, mean_sd, run_training, score_volumes, select_patients)
 
 if TYPE_CHECKING:
     import torch
@@ -70,17 +70,6 @@ def start(args: argparse.Namespace, description: str) -> Run:
         f"{os.environ['OMP_WAIT_POLICY']}")
     say(description)
     return Run(work, work / args.budget, work / "logs", device, say)
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot for files, in its default style (nnU-Net's progress plots leave seaborn's behind)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.style.use("default")
-    return plt
 
 
 def schedule_of(trainer: str) -> Any:
@@ -204,24 +193,13 @@ def predictor_for(training: Training, seed_folder: Path, device: torch.device) -
 
 
 def evaluate_volumes(predictions: Path, labels: Path, folder: Path, dataset_json: Path, evaluation: Path) -> dict:
-    """The slice predictions of ``predictions`` and their references in ``labels`` stacked into volumes (in
-    ``folder/volumes``, the references once) at the converter's slice spacing and scored per volume, distances in mm,
-    into ``evaluation`` (.json and .csv, which marks the work done); returns the results as that JSON has them."""
+    """acdc_scribble.py's ``score_volumes`` at the converter's slice spacing, distances in mm, written to
+    ``evaluation`` (.json and .csv, which marks the work done); returns the results as that JSON has them."""
     from nnunetv2_mamba.data.convert_h5 import ACDC_SPACING
-    from nnunetv2_mamba.evaluation.metrics import evaluate_folders, write_results
-    from nnunetv2_mamba.evaluation.volumes import stack_references, stack_slices
+    from nnunetv2_mamba.evaluation.metrics import write_results
 
-    references = folder / "volumes" / "reference"
-    if not references.is_dir():
-        names = sorted(p.name for p in predictions.glob("*.nii.gz"))
-        partial = references.with_name("reference.tmp")  # complete, then renamed: a resumed run never sees half
-        shutil.rmtree(partial, ignore_errors=True)
-        stack_references(labels, names, partial, ACDC_SPACING[0])
-        partial.rename(references)
-    output = folder / "volumes" / predictions.name
-    shutil.rmtree(output, ignore_errors=True)
-    stack_slices(predictions, output, ACDC_SPACING[0])
-    write_results(evaluate_folders(references, output, dataset_json, use_spacing=True, progress=False), evaluation)
+    write_results(score_volumes(predictions, labels, folder, ACDC_SPACING[0], dataset_json, use_spacing=True),
+                  evaluation)
     return json.loads(evaluation.with_suffix(".json").read_text())
 
 

@@ -554,29 +554,40 @@ def postprocess_and_evaluate(rows: list[Method], labels: Path, folder: Path, say
         write_results(results, folder / "evaluations" / slug)
 
 
-def evaluate_volumes(rows: list[Method], labels: Path, folder: Path, slice_spacing: float, unit: str,
-                     say: Say) -> None:
-    """Every row's slice predictions (and the references) stacked into volumes (``folder/volumes/``) and scored per
-    volume with distances in ``unit`` (mm or px) into ``folder/evaluations/<row>__volume[_px].json``."""
-    from nnunetv2_mamba.evaluation.metrics import evaluate_folders, write_results
+def score_volumes(predictions: Path, labels: Path, folder: Path, slice_spacing: float, dataset_json: Path,
+                  use_spacing: bool) -> dict[str, Any]:
+    """The slice predictions of ``predictions`` and their references in ``labels`` stacked into volumes
+    (``folder/volumes/``, the references once) and scored per volume, distances in mm with ``use_spacing``, else in
+    pixels."""
+    from nnunetv2_mamba.evaluation.metrics import evaluate_folders
     from nnunetv2_mamba.evaluation.volumes import stack_references, stack_slices
 
-    dataset_json = Path(os.environ["nnUNet_raw"]) / DATASETS[True] / "dataset.json"
     references = folder / "volumes" / "reference"
     if not references.is_dir():
-        names = sorted(p.name for p in (folder / "predictions" / rows[0].slug).glob("*.nii.gz"))
+        names = sorted(p.name for p in predictions.glob("*.nii.gz"))
         partial = references.with_name("reference.tmp")  # complete, then renamed: a resumed run never sees half
         shutil.rmtree(partial, ignore_errors=True)
         stack_references(labels, names, partial, slice_spacing)
         partial.rename(references)
+    output = folder / "volumes" / predictions.name
+    shutil.rmtree(output, ignore_errors=True)
+    stack_slices(predictions, output, slice_spacing)
+    return evaluate_folders(references, output, dataset_json, use_spacing=use_spacing, progress=False)
+
+
+def evaluate_volumes(rows: list[Method], labels: Path, folder: Path, slice_spacing: float, unit: str,
+                     say: Say) -> None:
+    """Every row's slice predictions scored per volume (:func:`score_volumes`) with distances in ``unit`` (mm or px)
+    into ``folder/evaluations/<row>__volume[_px].json``."""
+    from nnunetv2_mamba.evaluation.metrics import write_results
+
+    dataset_json = Path(os.environ["nnUNet_raw"]) / DATASETS[True] / "dataset.json"
     for row in rows:
         slug = f"{row.slug}{VOLUME[unit]}"
         if (folder / "evaluations" / f"{slug}.json").is_file():
             continue
-        output = folder / "volumes" / row.slug
-        shutil.rmtree(output, ignore_errors=True)
-        stack_slices(folder / "predictions" / row.slug, output, slice_spacing)
-        results = evaluate_folders(references, output, dataset_json, use_spacing=unit == "mm", progress=False)
+        results = score_volumes(folder / "predictions" / row.slug, labels, folder, slice_spacing, dataset_json,
+                                use_spacing=unit == "mm")
         write_results(results, folder / "evaluations" / slug)
         say(f"{row.name}: per-volume foreground Dice {results['foreground_mean']['Dice']:.4f} "
             f"({len(results['per_case'])} volumes)")
@@ -689,17 +700,24 @@ def tables(payload: dict[str, Any]) -> str:
             + format_table(checks, ["target", "WeakMamba", "comparator", "verdict"]))
 
 
-def plot(rows: list[dict[str, Any]], classes: list[str], curves: dict[str, dict], iterations_per_epoch: int,
-         path: Path) -> None:
-    """Per-volume Dice per class per method, mean ± sd over seeds (bars); the first seed's online validation Dice
-    and training loss per iteration (curves)."""
+def pyplot() -> Any:
+    """matplotlib's pyplot for files, in its default style (nnU-Net's progress plots leave seaborn's behind)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    plt.style.use("default")
+    return plt
+
+
+def plot(rows: list[dict[str, Any]], classes: list[str], curves: dict[str, dict], iterations_per_epoch: int,
+         path: Path) -> None:
+    """Per-volume Dice per class per method, mean ± sd over seeds (bars); the first seed's online validation Dice
+    and training loss per iteration (curves)."""
     import numpy as np
 
-    plt.style.use("default")  # nnU-Net's progress plots leave seaborn's style (huge fonts) behind
+    plt = pyplot()
     fig, (bars, dice, loss) = plt.subplots(1, 3, figsize=(20, 6))
     groups = classes + ["mean Dice"]
     width = 0.8 / len(rows)

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = Path("documentation") / "results"
 BLOCK = re.compile(r"(<!-- results: (?P<name>\S+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.DOTALL)
-SCRIPTS = ("ssm_speed", "nets_speed", "gpu_check", "acdc_scribble", "acdc_semisupervised", "acdc_clicks", "clicks_benefit",
-           "ssl_recipe")
+SCRIPTS = ("ssm_speed", "nets_speed", "gpu_check", "acdc_scribble", "acdc_semisupervised", "acdc_clicks",
+           "clicks_benefit", "ssl_recipe")
 
 
 def history(payload: dict[str, Any]) -> str:
