@@ -11,7 +11,10 @@ from typing import Iterator, TextIO
 @contextlib.contextmanager
 def output_to(log: TextIO) -> Iterator[None]:
     """Send everything printed by this process and its worker processes to ``log`` (nnU-Net narrates each step;
-    its preprocessing workers write to the inherited file descriptors, not to ``sys.stdout``)."""
+    its preprocessing workers write to the inherited file descriptors, not to ``sys.stdout``). Line-buffered, so that
+    the log can be followed while a long step (a training) runs."""
+    if hasattr(log, "reconfigure"):
+        log.reconfigure(line_buffering=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
