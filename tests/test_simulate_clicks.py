@@ -18,7 +18,7 @@ from nnunetv2_mamba.data.synthetic import synthetic_case
 from nnunetv2_mamba.nets.click_channels import Click
 from nnunetv2_mamba.training.nnUNetTrainerClicks import SimulateClicksTransform, nnUNetTrainerClicks
 
-ALWAYS = ClickSimulation(no_click_probability=0.0)
+ALWAYS = ClickSimulation(no_click_probability=0.0, unprompted_probability=0.0)
 
 
 def synthetic_label(dims: int, seed: int) -> np.ndarray:
@@ -31,7 +31,7 @@ def test_clicks_lie_inside_their_structure(dims):
     for seed in range(5):
         label = synthetic_label(dims, seed)
         clicks = simulate_clicks(label, [1, 2, 3], np.random.default_rng(seed), ALWAYS)
-        assert {c.label for c in clicks} == {1, 2, 3}  # every structure clicked when no_click_probability is 0
+        assert {c.label for c in clicks} == {1, 2, 3}  # every structure clicked when both probabilities are 0
         for click in clicks:
             assert label[click.point] == click.label, click  # the ring's clicks on the ring, not in its cavity
 
@@ -56,18 +56,29 @@ def test_simulation_options_and_seeding():
     first, again = (simulate_clicks(label, [1, 2, 3], np.random.default_rng(7)) for _ in range(2))
     assert first == again and first != simulate_clicks(label, [1, 2, 3], np.random.default_rng(8))
     assert simulate_clicks(label, [1, 2, 3], np.random.default_rng(0), ClickSimulation(no_click_probability=1)) == []
-    counts = [len(simulate_clicks(label, [2], np.random.default_rng(s), ClickSimulation(0, max_clicks=3)))
-              for s in range(30)]
+    counts = [len(simulate_clicks(label, [2], np.random.default_rng(s),
+                                  ClickSimulation(0, max_clicks=3, unprompted_probability=0))) for s in range(30)]
     assert set(counts) <= {1, 2, 3} and len(set(counts)) > 1
     big = int((label == 2).sum()) + 1
     assert simulate_clicks(label, [2], np.random.default_rng(0), ClickSimulation(0, min_voxels=big)) == []
-    no_clicks = [len(simulate_clicks(label, [1, 2, 3], np.random.default_rng(s), ClickSimulation(0.5)) ) == 0
-                 for s in range(200)]
-    assert 0.06 < np.mean(no_clicks) < 0.2  # all three skipped with probability 1/8
+
+    def unclicked(simulation: ClickSimulation) -> np.ndarray:
+        """Per seed: which of the three structures got no click."""
+        clicked = [{c.label for c in simulate_clicks(label, [1, 2, 3], np.random.default_rng(s), simulation)}
+                   for s in range(400)]
+        return np.array([[value not in labels for value in (1, 2, 3)] for labels in clicked])
+
+    per_structure = unclicked(ClickSimulation(0.5, unprompted_probability=0))
+    assert 0.4 < per_structure.mean() < 0.6 and 0.07 < per_structure.all(1).mean() < 0.19  # all three: 1/8
+    per_sample = unclicked(ClickSimulation(0, unprompted_probability=0.5))
+    assert (per_sample.all(1) | ~per_sample.any(1)).all() and 0.4 < per_sample.all(1).mean() < 0.6  # all or none
+    default = unclicked(ClickSimulation())  # unprompted half the time, otherwise U-Mamba2's 10 % per structure
+    assert 0.4 < default.all(1).mean() < 0.6 and 0.5 * 0.1 * 0.5 < (default.any(1) & ~default.all(1)).mean() < 0.25
     with pytest.raises(ValueError, match="axis 2 does not exist"):
         simulate_clicks(label, [1], np.random.default_rng(0), ClickSimulation(axis=2))
-    with pytest.raises(ValueError, match="invalid click simulation"):
-        ClickSimulation(max_clicks=0)
+    for invalid in ({"max_clicks": 0}, {"unprompted_probability": 1.5}):
+        with pytest.raises(ValueError, match="invalid click simulation"):
+            ClickSimulation(**invalid)
 
 
 def test_correction_clicks_mark_the_centre_of_the_largest_miss_of_each_class():

@@ -1,8 +1,10 @@
 """Simulated clicks for training (and evaluating) click-prompted networks, after U-Mamba2's ToothFairy3 task 2 setup,
 which follows the challenge's own click simulation.
 
-Per foreground class present in a label map (with at least ``min_voxels`` voxels): with probability
-``no_click_probability`` no click at all, so the network also learns to segment unprompted structures; otherwise 1 to
+With probability ``unprompted_probability`` a sample gets no clicks at all, as DeepEdit trains half of its samples
+without clicks: a network that always sees clicks learns to segment only what is clicked. Otherwise, per foreground
+class present in a label map (with at least ``min_voxels`` voxels): with probability ``no_click_probability`` no
+click, so the network also learns to segment an unclicked structure beside clicked ones; otherwise 1 to
 ``max_clicks`` clicks, spread along one ``axis`` over the slices the structure occupies, as an annotator clicks a
 structure in a few slices from one end to the other (the inferior alveolar canal along the axial slices). Each click
 lies inside its structure: the voxel of the structure in its slice nearest to a jittered point about the structure's
@@ -24,19 +26,22 @@ from nnunetv2_mamba.nets.click_channels import Click
 
 @dataclass(frozen=True)
 class ClickSimulation:
-    """How clicks are simulated; U-Mamba2's values (no click for 10 % of the structures, 1-10 clicks, structures of
-    more than 10 voxels, spread along axis 0) by default. ``jitter`` scales the in-slice noise by the structure's
-    in-slice standard deviation."""
+    """How clicks are simulated. Per structure, U-Mamba2's values by default (no click for 10 % of the structures,
+    1-10 clicks, structures of more than 10 voxels, spread along axis 0); per sample, DeepEdit's: half of the samples
+    unprompted, so one model serves automatic and interactive use. ``unprompted_probability=0`` is U-Mamba2's
+    simulation. ``jitter`` scales the in-slice noise by the structure's in-slice standard deviation."""
 
     no_click_probability: float = 0.1
     max_clicks: int = 10
     min_voxels: int = 11
     axis: int = 0
     jitter: float = 0.5
+    unprompted_probability: float = 0.5
 
     def __post_init__(self):
-        if not 0 <= self.no_click_probability <= 1 or self.max_clicks < 1 or self.min_voxels < 1 or self.jitter < 0:
-            raise ValueError(f"invalid click simulation {self}: need 0 <= no_click_probability <= 1, max_clicks >= 1, "
+        if not (0 <= self.no_click_probability <= 1 and 0 <= self.unprompted_probability <= 1) or \
+                self.max_clicks < 1 or self.min_voxels < 1 or self.jitter < 0:
+            raise ValueError(f"invalid click simulation {self}: need probabilities in [0, 1], max_clicks >= 1, "
                              f"min_voxels >= 1, jitter >= 0")
 
 
@@ -62,6 +67,8 @@ def simulate_clicks(label_map: np.ndarray, labels: Sequence[int], rng: np.random
     """Clicks on the structures of ``labels`` (foreground label values) in ``label_map`` (2D or 3D array)."""
     if not 0 <= simulation.axis < label_map.ndim:
         raise ValueError(f"click axis {simulation.axis} does not exist in a {label_map.ndim}D label map")
+    if rng.uniform() < simulation.unprompted_probability:
+        return []
     clicks = []
     for label in labels:
         mask = label_map == label

@@ -40,8 +40,9 @@ class SimulateClicksTransform(BasicTransform):
 
 
 class nnUNetTrainerClicks(nnUNetTrainerMamba):
-    """nnU-Net training with simulated clicks appended to every training and validation patch. Change
-    ``click_simulation`` in a subclass to simulate clicks differently."""
+    """nnU-Net training with simulated clicks appended to the training and validation patches (half of them stay
+    unprompted, so the model also segments without clicks). Change ``click_simulation`` in a subclass to simulate
+    clicks differently."""
 
     click_simulation = ClickSimulation()
 
@@ -75,3 +76,10 @@ class nnUNetTrainerClicks(nnUNetTrainerMamba):
                             f"not take them (a click-prompted network has num_click_classes = {count}); train plans "
                             f"for UMambaBot2Click (nnunetv2_mamba plans -d DATASET -a UMambaBot2Click)")
         return count
+
+
+class nnUNetTrainerClicksUMamba2(nnUNetTrainerClicks):
+    """U-Mamba2's click simulation, for reproduction: every patch prompted (only 10 % of its structures unclicked).
+    The model then segments poorly without clicks."""
+
+    click_simulation = ClickSimulation(unprompted_probability=0.0)
