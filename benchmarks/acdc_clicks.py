@@ -11,8 +11,9 @@ exists (an interrupted one resumes from its latest checkpoint) and every click r
 2. Networks, on nnU-Net's 2d plans with the budget's edits of the scribble benchmark (patch, batch, widths), each
    trained once per seed (``--seeds``) in its own seeded process on the same schedule:
 
-   - ``UMambaBot2Click`` (``nnunetv2_mamba plans -a UMambaBot2Click``) with ``nnUNetTrainerClicks_acdc_cpu``: clicks
-     simulated on every patch (U-Mamba2's simulation: 1-10 per class inside the structure, none for 10 %);
+   - ``UMambaBot2Click`` (``nnunetv2_mamba plans -a UMambaBot2Click``) with ``nnUNetTrainerClicks_acdc_cpu``: half
+     of the patches unprompted, the others with U-Mamba2's simulated clicks (1-10 per class inside the structure,
+     none for 10 %);
    - ``UMambaBot2`` (``-a UMambaBot2``) with ``nnUNetTrainerMamba_acdc_cpu``: no click branch.
 3. Selection on val only: ``checkpoint_best.pth``, nnU-Net's pick by its online validation Dice on the val patients
    (the click model's validation patches carry simulated clicks too).

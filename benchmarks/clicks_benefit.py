@@ -27,7 +27,7 @@ down many times.
                                         [--decoy] [--training 16] [--test 8] [--click-map-sigma S]
 
 Results: documentation/benchmarks.md ("Interactive segmentation"), rendered from
-documentation/results/clicks_benefit_*.json; what else was tried: documentation/case_studies/clicks_synthetic.md.
+documentation/results/clicks_benefit_*.json; what else was tried: documentation/case_studies/clicks.md.
 """
 
 from __future__ import annotations
