@@ -16,7 +16,8 @@ from nnunetv2_mamba.data.simulate_clicks import (ClickSimulation, clicks_in_stru
                                                  simulate_clicks)
 from nnunetv2_mamba.data.synthetic import synthetic_case
 from nnunetv2_mamba.nets.click_channels import Click
-from nnunetv2_mamba.training.nnUNetTrainerClicks import SimulateClicksTransform, nnUNetTrainerClicks
+from nnunetv2_mamba.training.nnUNetTrainerClicks import (SimulateClicksTransform, nnUNetTrainerClicks,
+                                                         nnUNetTrainerClicksUMamba2)
 
 ALWAYS = ClickSimulation(no_click_probability=0.0, unprompted_probability=0.0)
 
@@ -101,9 +102,10 @@ def test_correction_clicks_mark_the_centre_of_the_largest_miss_of_each_class():
     assert correction_clicks(np.zeros_like(volume), volume, [2]) == [Click(2, (2, 2, 2))]
 
 
-def stub_trainer(num_labels: int = 3, network=SimpleNamespace(num_click_classes=3), regions: bool = False):
+def stub_trainer(num_labels: int = 3, network=SimpleNamespace(num_click_classes=3), regions: bool = False,
+                 kind: type[nnUNetTrainerClicks] = nnUNetTrainerClicks) -> nnUNetTrainerClicks:
     """A trainer with just what the click transforms need (a real one needs a preprocessed dataset)."""
-    trainer = nnUNetTrainerClicks.__new__(nnUNetTrainerClicks)
+    trainer = kind.__new__(kind)
     trainer.label_manager = SimpleNamespace(has_regions=regions, foreground_regions=[[1, 2], [2]],
                                             foreground_labels=list(range(1, num_labels + 1)))
     trainer.network = network
@@ -149,3 +151,16 @@ def test_trainer_refuses_what_it_cannot_click():
         stub_trainer(network=torch.nn.Conv2d(1, 4, 1)).get_validation_transforms(None)
     pipeline = stub_trainer().get_validation_transforms(None)  # no deep supervision: appended at the end
     assert type(pipeline.transforms[-1]) is SimulateClicksTransform
+
+
+def test_default_trainer_leaves_half_the_patches_unprompted():
+    """nnUNetTrainerClicks feeds click-free patches about half of the time, so the model learns to segment
+    unprompted; U-Mamba2's variant prompts every patch whose structures are all large enough."""
+    label = torch.from_numpy(synthetic_label(2, 0)[None].astype(np.int16))
+    np.random.seed(0)
+    unprompted = {}
+    for kind in (nnUNetTrainerClicks, nnUNetTrainerClicksUMamba2):
+        pipeline = stub_trainer(kind=kind).get_validation_transforms(None)
+        samples = [pipeline(image=torch.zeros(1, *label.shape[1:]), segmentation=label.clone()) for _ in range(100)]
+        unprompted[kind] = np.mean([not sample["image"][1:].any() for sample in samples])
+    assert 0.35 < unprompted[nnUNetTrainerClicks] < 0.65 and unprompted[nnUNetTrainerClicksUMamba2] < 0.02

@@ -1,5 +1,6 @@
 """Training click-prompted networks (:class:`~nnunetv2_mamba.nets.umamba_bot_click.UMambaBot2Click`) with clicks
-simulated per patch, as U-Mamba2 trained its ToothFairy3 task 2 model.
+simulated per patch as U-Mamba2 trained its ToothFairy3 task 2 model, half of the patches left without clicks
+(:class:`~nnunetv2_mamba.data.simulate_clicks.ClickSimulation`).
 
 The clicks are drawn from each patch's segmentation after nnU-Net's augmentation (so they follow rotation, scaling,
 mirroring and cropping) and appended to the patch as click channels (:mod:`nnunetv2_mamba.nets.click_channels`), in
