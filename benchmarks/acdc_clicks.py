@@ -32,12 +32,17 @@ Budgets: ``smoke`` (the CI check: ``nnUNetTrainerClicks_smoke`` and ``nnUNetTrai
 patch 128, batch 2, features / 16; numbers mean nothing) and ``cpu`` (about an hour per seed on 2 CPU cores; its
 iterations in ``describe``).
 
-Outputs in ``<work>/<budget>/``: ``acdc_clicks_<budget>_<on>.md`` (tables), ``.json`` (rows, per-seed numbers, the
-clicks -> Dice curve; ``tables(payload)`` renders it) and ``.png`` (the curve); models in ``seed<N>/``, click files,
-predictions and evaluations in ``<on>/seed<N>/``; logs in ``<work>/logs``.
+``--background-clicks`` trains the click model with ``background_clicks`` (its own plans,
+``nnUNetPlans_<budget>_UMambaBot2ClickBackground``), whose correction rounds click background's misses (false
+positives) too; it reuses UMambaBot2 and writes its own rows and outputs (``..._background``).
 
-    python benchmarks/acdc_clicks.py --budget cpu [--seeds 0 1] [--clicks 1 3 5] [--on test|val] [--data DIR]
-        [--splits FILE] [--work DIR] [--patients N] [--processes 2] [--device auto]
+Outputs in ``<work>/<budget>/``: ``acdc_clicks_<budget>_<on>.md`` (tables), ``.json`` (rows, per-seed numbers, the
+clicks -> Dice curve; ``tables(payload)`` renders it) and ``.png`` (the curve); models in ``seed<N>/``, click files
+(``clicks/`` or ``clicks_background/``), predictions and evaluations in ``<on>/seed<N>/``; logs in ``<work>/logs``.
+
+    python benchmarks/acdc_clicks.py --budget cpu [--seeds 0 1] [--clicks 1 3 5] [--on test|val]
+        [--background-clicks] [--data DIR] [--splits FILE] [--work DIR] [--patients N] [--processes 2]
+        [--device auto]
 """
 
 from __future__ import annotations
@@ -53,8 +58,8 @@ from typing import TYPE_CHECKING, Any
 from acdc_dense import (CONVERTED, Training, add_arguments, case_name, conversion_source, convert, evaluate_volumes,
                         predict, predictor_for, schedule_of, train, scored_set, start, summarise, verdict,
                         volume_metrics, write_network_plans)
-from acdc_scribble import (BUDGETS, CHECKPOINT, DEFAULT_SPLITS, DIGITS, Say, cell, plan_and_preprocess, pyplot,
-                           run_steps, write_dense_twin)
+from acdc_scribble import (BUDGETS, CHECKPOINT, CONFIGURATION, DEFAULT_SPLITS, DIGITS, Say, cell,
+                           plan_and_preprocess, pyplot, run_steps, write_dense_twin)
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +68,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_WORK = HERE / "results" / "acdc_clicks"
 DATASET_ID, DATASET = 29, "Dataset029_ACDCClicks2D"
 CLICK_ARCHITECTURE, PLAIN_ARCHITECTURE = "UMambaBot2Click", "UMambaBot2"
+BACKGROUND_PLANS = "Background"  # plans-name suffix of the click model with background clicks
 PLAIN = "UMambaBot2 (no click branch)"
 TARGET_CLICKS, TARGET_GAIN, TARGET_TOLERANCE = 3, 0.05, 0.01
 TRAINERS = {"smoke": {CLICK_ARCHITECTURE: "nnUNetTrainerClicks_smoke", PLAIN_ARCHITECTURE: "nnUNetTrainerMamba_smoke"},
@@ -71,16 +77,33 @@ TRAINERS = {"smoke": {CLICK_ARCHITECTURE: "nnUNetTrainerClicks_smoke", PLAIN_ARC
 COLUMN_DIGITS = {**DIGITS, "clicks per slice": 2}  # other columns: 3
 
 
-def condition(clicks: int) -> str:
+def click_model(background: bool) -> str:
+    """The click model's name in rows and folders."""
+    return f"{CLICK_ARCHITECTURE} with background clicks" if background else CLICK_ARCHITECTURE
+
+
+def condition(clicks: int, background: bool = False) -> str:
     """The row of the click model after ``clicks`` rounds."""
-    return f"UMambaBot2Click, {clicks} click{'s' * (clicks != 1)} per class" if clicks else \
-        "UMambaBot2Click, no clicks"
+    return f"{click_model(background)}, " + (f"{clicks} click{'s' * (clicks != 1)} per class" if clicks else
+                                             "no clicks")
 
 
-def trainings(budget: str) -> dict[str, Training]:
-    """The two networks' trainings, by architecture, at the budget's plans (written by :func:`main`)."""
-    return {architecture: Training(trainer, f"{BUDGETS[budget].plans}_{architecture}", DATASET)
+def trainings(budget: str, background: bool = False) -> dict[str, Training]:
+    """The two networks' trainings, by architecture, at the budget's plans (written by :func:`main`; the click
+    model's with ``BACKGROUND_PLANS`` appended when it takes background clicks)."""
+    return {architecture: Training(trainer, f"{BUDGETS[budget].plans}_{architecture}"
+                                   + (BACKGROUND_PLANS if background and architecture == CLICK_ARCHITECTURE else ""),
+                                   DATASET)
             for architecture, trainer in TRAINERS[budget].items()}
+
+
+def write_background_plans(plans_name: str) -> None:
+    """A copy of the click model's plans ``plans_name`` whose network takes background clicks."""
+    folder = Path(os.environ["nnUNet_preprocessed"]) / DATASET
+    plans = json.loads((folder / f"{plans_name}.json").read_text())
+    plans["plans_name"] += BACKGROUND_PLANS
+    plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]["background_clicks"] = True
+    (folder / f"{plans['plans_name']}.json").write_text(json.dumps(plans, indent=1))
 
 
 def describe(budget: str) -> str:
@@ -122,28 +145,31 @@ def write_correction_clicks(previous: Path, labels: Path, clicks: Path, target: 
 
 
 def score_seed(models: dict[str, Training], seed_folder: Path, images: list[Path], labels: Path, folder: Path,
-               rounds: int, log_file: Path, device: torch.device, say: Say) -> dict[str, dict]:
+               rounds: int, log_file: Path, device: torch.device, say: Say,
+               background: bool = False) -> dict[str, dict]:
     """UMambaBot2 unprompted, and the click model unprompted and after each of ``rounds`` correction rounds, scored
-    per volume; every round's evaluation (``folder/evaluations/<name>.json``) marks it done. Returns the evaluations
-    by row name, with the mean number of clicks per slice."""
+    per volume; every round's evaluation (``folder/evaluations/<name>.json``) marks it done. With ``background``,
+    the rounds click background's misses (false positives) too. Returns the evaluations by row name, with the mean
+    number of clicks per slice."""
     from nnunetv2_mamba.utilities.output import output_to
 
     def slug(name: str) -> str:
         return "".join(c if c.isalnum() else "_" for c in name)
 
     dataset_json = Path(os.environ["nnUNet_raw"]) / DATASET / "dataset.json"
-    classes = [int(v) for v in json.loads(dataset_json.read_text())["labels"].values() if v]
+    classes = [int(v) for v in json.loads(dataset_json.read_text())["labels"].values() if v] + [0] * background
+    clicks_folder = folder / ("clicks_background" if background else "clicks")
     jobs = [(PLAIN, models[PLAIN_ARCHITECTURE], 0)] + \
-        [(condition(k), models[CLICK_ARCHITECTURE], k) for k in range(rounds + 1)]
+        [(condition(k, background), models[CLICK_ARCHITECTURE], k) for k in range(rounds + 1)]
     predictors: dict[Training, Any] = {}
     results = {}
     for name, training, clicks in jobs:
         evaluation = folder / "evaluations" / slug(name)
-        click_files = folder / "clicks" / str(clicks) if clicks else None
+        click_files = clicks_folder / str(clicks) if clicks else None
         if not evaluation.with_suffix(".json").is_file():
             if click_files:
-                write_correction_clicks(folder / "predictions" / slug(condition(clicks - 1)), labels,
-                                        folder / "clicks" / str(clicks - 1), click_files, classes)
+                write_correction_clicks(folder / "predictions" / slug(condition(clicks - 1, background)), labels,
+                                        clicks_folder / str(clicks - 1), click_files, classes)
             say(f"{name}: predicting {len(images)} slices with {training.trainer} ({CHECKPOINT})")
             with open(log_file, "a") as log, output_to(log):
                 if training not in predictors:
@@ -160,11 +186,12 @@ def score_seed(models: dict[str, Training], seed_folder: Path, images: list[Path
 
 # ------------------------------------------------------------------------------------------------------- report
 
-def targets(summaries: dict[str, dict], seeds: int, scored: str) -> list[dict[str, Any]]:
+def targets(summaries: dict[str, dict], seeds: int, scored: str, background: bool = False) -> list[dict[str, Any]]:
     """The benchmark's targets on the mean per-volume Dice over seeds."""
     dice = {name: s["mean Dice"]["mean"] for name, s in summaries.items()}
-    unprompted = dice[condition(0)]
-    checks = [(f"{TARGET_CLICKS} clicks per class >= no clicks + {TARGET_GAIN}", dice.get(condition(TARGET_CLICKS)),
+    unprompted = dice[condition(0, background)]
+    checks = [(f"{TARGET_CLICKS} clicks per class >= no clicks + {TARGET_GAIN}",
+               dice.get(condition(TARGET_CLICKS, background)),
                unprompted, lambda a, b: a >= b + TARGET_GAIN),
               (f"click model without clicks >= UMambaBot2 - {TARGET_TOLERANCE}", unprompted, dice[PLAIN],
                lambda a, b: a >= b - TARGET_TOLERANCE)]
@@ -184,15 +211,16 @@ def tables(payload: dict[str, Any]) -> str:
             + format_table(checks, ["target", "value", "comparator", "verdict"]))
 
 
-def plot(curve: list[dict[str, Any]], plain: dict[str, Any], classes: list[str], path: Path) -> None:
+def plot(curve: list[dict[str, Any]], plain: dict[str, Any], classes: list[str], path: Path,
+         model: str = CLICK_ARCHITECTURE) -> None:
     """Per-volume Dice against clicks per class (mean ± sd over seeds; per class dotted), UMambaBot2's as a line."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 6))
     clicks = [point["clicks"] for point in curve]
     ax.errorbar(clicks, [p["mean Dice"]["mean"] for p in curve], [p["mean Dice"]["sd"] or 0 for p in curve],
-                marker="o", capsize=3, label="UMambaBot2Click, mean Dice")
+                marker="o", capsize=3, label=f"{model}, mean Dice")
     for name in classes:
-        ax.plot(clicks, [p[name]["mean"] for p in curve], ":", marker=".", label=f"UMambaBot2Click, {name}")
+        ax.plot(clicks, [p[name]["mean"] for p in curve], ":", marker=".", label=f"{model}, {name}")
     ax.axhline(plain["mean Dice"]["mean"], color="grey", linestyle="--", label=f"{PLAIN}, mean Dice")
     ax.set(xlabel="correction clicks per class and slice", ylabel="per-volume Dice", ylim=(0, 1),
            title="clicks -> Dice (mean ± sd over seeds)")
@@ -214,6 +242,10 @@ def main() -> None:
     add_arguments(parser, DEFAULT_WORK)
     parser.add_argument("--clicks", type=int, nargs="+", default=[1, 3, 5],
                         help="clicks per class reported (rounds up to the largest run) (default: %(default)s)")
+    parser.add_argument("--background-clicks", action="store_true",
+                        help="the click model also takes background clicks (arch_kwargs background_clicks), and the "
+                             "correction rounds click false positives too; its own plans, rows and outputs "
+                             "(acdc_clicks_<budget>_<on>_background)")
     args = parser.parse_args()
     if min(args.clicks) < 1:
         parser.error("--clicks counts start at 1 (no clicks is always scored)")
@@ -230,8 +262,10 @@ def main() -> None:
                                                f"dataset {DATASET}": partial(prepare_dataset, run.work,
                                                                              args.processes)}, run.say)
     for architecture in TRAINERS[args.budget]:
-        write_network_plans(DATASET, BUDGETS[args.budget], architecture)
-    models = trainings(args.budget)
+        written = write_network_plans(DATASET, BUDGETS[args.budget], architecture)
+        if args.background_clicks and architecture == CLICK_ARCHITECTURE:
+            write_background_plans(written)
+    models = trainings(args.budget, args.background_clicks)
     images, labels = scored_set(args.on, run.work, DATASET)
     rounds = max(args.clicks)
     per_seed: dict[str, list[dict]] = {}
@@ -240,7 +274,7 @@ def main() -> None:
         timings = {architecture: train(training, seed, seed_folder, run.logs, run.device, run.say)
                    for architecture, training in models.items()}
         results = score_seed(models, seed_folder, images, labels, run.folder / args.on / f"seed{seed}", rounds,
-                             run.logs / f"predict_seed{seed}.log", run.device, run.say)
+                             run.logs / f"predict_seed{seed}.log", run.device, run.say, args.background_clicks)
         for name, result in results.items():
             timing = timings[PLAIN_ARCHITECTURE if name == PLAIN else CLICK_ARCHITECTURE]
             per_seed.setdefault(name, []).append({**volume_metrics(result),
@@ -248,12 +282,12 @@ def main() -> None:
                                                   "iterations": timing["iterations"], "train s": timing["seconds"]})
 
     summaries = {name: summarise(values) for name, values in per_seed.items()}
-    shown = [PLAIN, condition(0)] + [condition(k) for k in sorted(set(args.clicks))]
+    shown = [PLAIN] + [condition(k, args.background_clicks) for k in [0, *sorted(set(args.clicks))]]
     results = [{"method": name, **{key: cell(summary, COLUMN_DIGITS.get(key, 3))
                                    for key, summary in summaries[name].items()}} for name in shown]
-    curve = [{"clicks": k, **summaries[condition(k)]} for k in range(rounds + 1)]
-    checks = targets(summaries, len(args.seeds), args.on)
-    name = f"acdc_clicks_{args.budget}_{args.on}"
+    curve = [{"clicks": k, **summaries[condition(k, args.background_clicks)]} for k in range(rounds + 1)]
+    checks = targets(summaries, len(args.seeds), args.on, args.background_clicks)
+    name = f"acdc_clicks_{args.budget}_{args.on}" + "_background" * args.background_clicks
     scored_patients = sorted({case_name(image).split("_frame")[0] for image in images})
     payload = {"budget": describe(args.budget), "seeds": args.seeds, "splits": str(splits_file), "on": args.on,
                "scored patients": scored_patients, "slices": len(images), "checkpoint": CHECKPOINT,
@@ -268,7 +302,8 @@ def main() -> None:
                 f"train s: wall-clock of the training's epochs.\n\n" + tables(payload))
     (run.folder / f"{name}.md").write_text(markdown + "\n")
     write_json(name, payload, run.folder)
-    plot(curve, summaries[PLAIN], [c for c, value in ACDC_LABELS.items() if value], run.folder / f"{name}.png")
+    plot(curve, summaries[PLAIN], [c for c, value in ACDC_LABELS.items() if value], run.folder / f"{name}.png",
+         click_model(args.background_clicks))
     run.say(f"\n{markdown}\n\nwrote {run.folder / name}.md, .json and .png "
             f"({time.perf_counter() - started:.0f} s this run)")
 

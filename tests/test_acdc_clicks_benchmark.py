@@ -59,3 +59,14 @@ def test_smoke_budget_scores_every_click_round_and_resumes(acdc_dir, tmp_path, m
     second = run_script("acdc_clicks", arguments)
     assert "nnUNetv2_train" not in second and "predicting" not in second and "convert ..." not in second
     assert json.loads((work / "smoke" / "acdc_clicks_smoke_test.json").read_text())["per_seed"] == payload["per_seed"]
+
+    third = run_script("acdc_clicks", arguments + ["--background-clicks"])  # only the new click model trains
+    assert third.count("nnUNetv2_train") == 1 and "UMambaBot2ClickBackground" in third
+    background = json.loads((work / "smoke" / "acdc_clicks_smoke_test_background.json").read_text())
+    assert [row["method"] for row in background["results"]] == [ROWS[0]] + [
+        row.replace("UMambaBot2Click", "UMambaBot2Click with background clicks") for row in ROWS[1:]]
+    for file in sorted((scored / "clicks_background" / "3").glob("*.json")):
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(labels / file.name.replace(".json", ".nii.gz"))))
+        for click in json.loads(file.read_text())["clicks"]:
+            column, row = click["point"]
+            assert reference[row, column] == click["label"]  # background clicks on background

@@ -42,6 +42,12 @@ def test_voxel_clicks_are_read_in_array_order(tmp_path):
     assert clicks == [Click(1, (1.0, 2.0, 5.0)), Click(2, (6.0, 3.4, 0.2))]
     flat = write_json(tmp_path / "flat.json", {"space": "voxel", "clicks": [{"label": 1, "point": [5, 2]}]})
     assert read_clicks(flat, LABELS, {}, (1, 4, 6)) == [Click(1, (0.0, 2.0, 5.0))]  # a 2D image, read as (1, y, x)
+    background = write_json(tmp_path / "bg.json", {"clicks": [{"label": "background", "point": [1, 2, 3]},
+                                                               {"label": 0, "point": [0, 0, 0]}]})
+    assert read_clicks(background, LABELS, {}, (7, 4, 6), background=True) == [Click(0, (3.0, 2.0, 1.0)),
+                                                                                Click(0, (0.0, 0.0, 0.0))]
+    with pytest.raises(ValueError, match="one of the foreground classes"):
+        read_clicks(background, LABELS, {}, (7, 4, 6))
 
 
 @pytest.mark.parametrize("content, message", [

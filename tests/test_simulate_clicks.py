@@ -12,8 +12,8 @@ import torch
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_mamba.data.simulate_clicks import (ClickSimulation, clicks_in_structure, correction_clicks,
-                                                 simulate_clicks)
+from nnunetv2_mamba.data.simulate_clicks import (ClickSimulation, background_near_foreground, clicks_in_structure,
+                                                 correction_clicks, simulate_clicks)
 from nnunetv2_mamba.data.synthetic import synthetic_case
 from nnunetv2_mamba.nets.click_channels import Click
 from nnunetv2_mamba.training.nnUNetTrainerClicks import (SimulateClicksTransform, nnUNetTrainerClicks,
@@ -164,3 +164,47 @@ def test_default_trainer_leaves_half_the_patches_unprompted():
         samples = [pipeline(image=torch.zeros(1, *label.shape[1:]), segmentation=label.clone()) for _ in range(100)]
         unprompted[kind] = np.mean([not sample["image"][1:].any() for sample in samples])
     assert 0.35 < unprompted[nnUNetTrainerClicks] < 0.65 and unprompted[nnUNetTrainerClicksUMamba2] < 0.02
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_background_clicks_lie_on_background_near_the_foreground(dims):
+    from scipy import ndimage
+
+    label = synthetic_label(dims, 3)
+    band = background_near_foreground(label, 4)
+    distance = ndimage.distance_transform_edt(label == 0)
+    assert band.any() and (label[band] == 0).all() and (distance[band] <= 4).all()
+    assert not background_near_foreground(np.zeros_like(label), 4).any()  # no foreground: nowhere to click
+    simulation = ClickSimulation(no_click_probability=0, unprompted_probability=0, background_band=4)
+    for seed in range(10):
+        clicks = simulate_clicks(label, [1, 0], np.random.default_rng(seed), simulation)
+        background = [c.point for c in clicks if c.label == 0]
+        assert 1 <= len(background) <= 10 and len(set(background)) == len(background)
+        assert all(band[p] for p in background)
+    assert simulate_clicks(np.zeros_like(label), [0], np.random.default_rng(0), simulation) == []
+
+
+def test_correction_clicks_on_background_mark_false_positives():
+    reference = np.zeros((16, 16), np.uint8)
+    reference[2:6, 2:6] = 1
+    prediction = reference.copy()
+    prediction[9:14, 9:14] = 1  # a false positive 5 x 5, centre (11, 11)
+    assert correction_clicks(prediction, reference, [1]) == []  # no class misses anything
+    assert correction_clicks(prediction, reference, [1, 0]) == [Click(0, (11, 11))]
+
+
+def test_trainer_feeds_background_clicks_to_a_network_that_takes_them():
+    network = SimpleNamespace(num_click_classes=4, background_clicks=True)
+    pipeline = stub_trainer(network=network).get_validation_transforms(None)
+    label = torch.from_numpy(synthetic_label(2, 0)[None].astype(np.int16))
+    np.random.seed(1)
+    background_clicks = 0
+    for _ in range(20):
+        sample = pipeline(image=torch.zeros(1, *label.shape[1:]), segmentation=label.clone())
+        assert sample["image"].shape == (1 + 4, *label.shape[1:])
+        for channel, value in enumerate([1, 2, 3, 0]):
+            assert (label[0][sample["image"][1 + channel] > 0] == value).all()
+        background_clicks += int(sample["image"][4].sum())
+    assert background_clicks > 0
+    with pytest.raises(TypeError, match="feeds 3 click channels"):
+        stub_trainer(network=SimpleNamespace(num_click_classes=4)).get_validation_transforms(None)

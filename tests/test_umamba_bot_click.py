@@ -12,7 +12,8 @@ from torch import nn
 from helpers.autocast_checks import check_bf16_autocast
 from helpers.nnunet_plans import acdc_like_configurations, build, deep_supervision_shapes
 from nnunetv2_mamba.nets.click_attention import cell_centres
-from nnunetv2_mamba.nets.click_channels import PADDING, Click, decode_click_channels, encode_click_channels
+from nnunetv2_mamba.nets.click_channels import (PADDING, Click, click_channel, decode_click_channels,
+                                                encode_click_channels)
 from nnunetv2_mamba.nets.umamba_bot_click import UMambaBot2Click
 from nnunetv2_mamba.plans import derive_plans
 from nnunetv2_mamba.ssm.modules import Mamba2
@@ -26,8 +27,10 @@ def tiny_net(conv_op=nn.Conv2d, strides=([1, 1], [2, 2], [2, 2]), num_classes=3,
                            **tiny(conv_op, [list(s) for s in strides]), **CLICK_KWARGS, **kwargs)
 
 
-def with_clicks(image: torch.Tensor, clicks_per_sample: list[list[Click]], num_click_classes: int) -> torch.Tensor:
-    maps = [torch.from_numpy(encode_click_channels(c, image.shape[2:], num_click_classes)) for c in clicks_per_sample]
+def with_clicks(image: torch.Tensor, clicks_per_sample: list[list[Click]], num_click_classes: int,
+                background: bool = False) -> torch.Tensor:
+    maps = [torch.from_numpy(encode_click_channels(c, image.shape[2:], num_click_classes, background))
+            for c in clicks_per_sample]
     return torch.cat([image, torch.stack(maps)], dim=1)
 
 
@@ -49,9 +52,19 @@ def test_click_channels_round_trip(shape):
         assert valid.sum() == len(expected) and not valid[len(expected):].any()  # padding after the clicks
 
 
+def test_background_clicks_take_the_last_channel():
+    maps = encode_click_channels([Click(0, (1, 2)), Click(2, (3, 3)), Click(1, (0, 0))], (4, 4), 3, background=True)
+    assert [tuple(np.argwhere(m).ravel()) for m in maps] == [(0, 0), (3, 3), (1, 2)]
+    assert click_channel(0, 3, background=True) == 2 and click_channel(2, 3, background=True) == 1
+    with pytest.raises(ValueError, match="label must be a label 0..2"):
+        encode_click_channels([Click(3, (1, 1))], (4, 4), 3, background=True)
+
+
 def test_click_channels_reject_bad_clicks():
     with pytest.raises(ValueError, match="foreground label 1..2"):
         encode_click_channels([Click(3, (1, 1))], (4, 4), 2)
+    with pytest.raises(ValueError, match="foreground label 1..2"):
+        encode_click_channels([Click(0, (1, 1))], (4, 4), 2)  # background, to a network without its channel
     with pytest.raises(ValueError, match="outside an array of shape"):
         encode_click_channels([Click(1, (1, 4))], (4, 4), 2)
     with pytest.raises(ValueError, match="outside"):
@@ -77,6 +90,20 @@ def test_output_depends_on_clicks_and_only_on_its_own(conv_op, strides, kernel_s
         # ... and sample 1 (no clicks) does not see sample 0's: padding is masked, not extra "no point" tokens
         torch.testing.assert_close(clicked[0][1], plain[0][1], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(net(with_clicks(image, [[], []], 2))[0], plain[0], rtol=0, atol=0)
+
+
+def test_background_clicks_are_a_class_of_their_own():
+    """With background_clicks the network takes one more channel; a background click changes the output, and not as
+    a foreground click at the same place does."""
+    net = tiny_net(background_clicks=True).eval()
+    assert net.num_click_classes == 3 and net.click_maps(torch.zeros(1, 4, 16, 16)).shape == (1, 3, 16, 16)
+    image = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        plain, background, foreground = (net(x) for x in (
+            image, with_clicks(image, [[Click(0, (5, 6))]], 3, True), with_clicks(image, [[Click(1, (5, 6))]], 3, True)))
+    assert (background - plain).abs().max() > 1e-3 and (background - foreground).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="one per foreground class, then background"):
+        net(torch.randn(1, 3, 16, 16))
 
 
 @pytest.mark.parametrize("shape, click", [((20, 17), (6, 9)), ((9, 12, 10), (4, 2, 7))])
@@ -161,7 +188,8 @@ def test_plans_build_the_network_and_budget_for_the_branch(plans, configuration)
     assert isinstance(net, UMambaBot2Click) and net.num_click_classes == 3
     assert (len(net.click_attention.blocks), net.click_attention.blocks[0].mlp.fc1.out_features) == (2, 1024)
     patch = [int(p) for p in plans[configuration]["patch_size"]]
-    bot2_kwargs = {k: v for k, v in architecture["arch_kwargs"].items() if not k.startswith("click_")}
+    bot2_kwargs = {k: v for k, v in architecture["arch_kwargs"].items()
+                   if not k.startswith("click_") and k != "background_clicks"}
     estimates = [ExperimentPlanner.static_estimate_VRAM_usage(patch, 1, 4, name, kwargs,
                                                               architecture["_kw_requires_import"])
                  for name, kwargs in ((architecture["network_class_name"], architecture["arch_kwargs"]),
@@ -174,35 +202,17 @@ def test_plans_build_the_network_and_budget_for_the_branch(plans, configuration)
     print(f"\nUMambaBot2Click {configuration}: {n_branch / 1e6:.2f} M parameters in the click branch")
 
 
-@pytest.mark.slow  # trains for 250 iterations
-def test_training_learns_to_follow_clicks():
-    """Where only a click tells which of two identical blobs is meant (the synthetic decoy variant), a short training
-    with simulated clicks makes the clicked blob's Dice far better than without clicks: the clicks are used."""
+def trained_dice_with_and_without_clicks(net: UMambaBot2Click, case, label: int,
+                                         iterations: int = 250) -> tuple[float, float]:
+    """Train ``net`` briefly as nnU-Net would (DC + CE, SGD with momentum 0.99, poly lr) on batches of 8 ``case(None)``
+    samples ((image and click channels, label map) pairs), then the mean Dice of ``label`` on 16 ``case(True)``
+    samples with their clicks and with the click channels zeroed."""
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-    from nnunetv2_mamba.data.simulate_clicks import clicks_in_structure, simulate_clicks
-    from nnunetv2_mamba.data.synthetic import synthetic_case
-
-    torch.manual_seed(0)
-    shape, spacing, blob = (32, 32), (1.0, 1.0), 3
-    arch = {**tiny(nn.Conv2d, [[1, 1], [2, 2], [2, 2], [2, 2]]), "features_per_stage": [8, 16, 32, 64]}
-    net = UMambaBot2Click(1, num_classes=4, deep_supervision=False, click_mlp_dim=64, headdim=16, **arch)
     loss = DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, 1, 1,
                           dice_class=MemoryEfficientSoftDiceLoss)
-    optimizer = torch.optim.SGD(net.parameters(), 0.01, momentum=0.99, nesterov=True)  # nnU-Net's
-    rng = np.random.default_rng(0)
-
-    def case(clicked: bool | None) -> tuple[np.ndarray, np.ndarray]:
-        """A z-scored decoy image with click channels, and its label; None: training clicks (simulated for every
-        class, sometimes none), True: one click on the labelled blob, False: no clicks."""
-        image, label = synthetic_case(rng, shape, spacing, decoy=True)
-        clicks = (simulate_clicks(label, [1, 2, 3], rng) if clicked is None else
-                  [Click(blob, p) for p in clicks_in_structure(label == blob, 1, rng)] if clicked else [])
-        maps = encode_click_channels(clicks, shape, 3)
-        return np.concatenate([((image - image.mean()) / image.std())[None], maps]), label
-
-    iterations = 250
+    optimizer = torch.optim.SGD(net.parameters(), 0.01, momentum=0.99, nesterov=True)
     for it in range(iterations):
         x, y = map(np.stack, zip(*[case(None) for _ in range(8)]))
         for group in optimizer.param_groups:
@@ -214,12 +224,71 @@ def test_training_learns_to_follow_clicks():
     dice = {True: [], False: []}
     with torch.no_grad():
         for _ in range(16):
-            image_and_click, label = case(True)
+            image_and_clicks, reference = case(True)
             for clicked in dice:
-                x = image_and_click if clicked else image_and_click * np.array([1, 0, 0, 0])[:, None, None]
-                predicted = net(torch.from_numpy(x[None]).float())[0].argmax(0).numpy() == blob
-                target = label == blob
+                x = image_and_clicks.copy()
+                x[net.image_channels:] *= clicked
+                predicted = net(torch.from_numpy(x[None]).float())[0].argmax(0).numpy() == label
+                target = reference == label
                 dice[clicked].append(2 * (predicted & target).sum() / (predicted.sum() + target.sum()))
-    with_clicks_dice, without = np.mean(dice[True]), np.mean(dice[False])
-    print(f"\nblob Dice with one click {with_clicks_dice:.3f}, without {without:.3f}")
-    assert with_clicks_dice > without + 0.2
+    return float(np.mean(dice[True])), float(np.mean(dice[False]))
+
+
+def learning_net(num_classes: int, **kwargs) -> UMambaBot2Click:
+    """A small 2D click network for 32 x 32 images (bottleneck 4 x 4)."""
+    torch.manual_seed(0)
+    arch = {**tiny(nn.Conv2d, [[1, 1], [2, 2], [2, 2], [2, 2]]), "features_per_stage": [8, 16, 32, 64]}
+    return UMambaBot2Click(1, num_classes=num_classes, deep_supervision=False, click_mlp_dim=64, headdim=16,
+                           **arch, **kwargs)
+
+
+@pytest.mark.slow  # trains for 250 iterations
+def test_training_learns_to_follow_clicks():
+    """Where only a click tells which of two identical blobs is meant (the synthetic decoy variant), a short training
+    with simulated clicks makes the clicked blob's Dice far better than without clicks: the clicks are used."""
+    from nnunetv2_mamba.data.simulate_clicks import clicks_in_structure, simulate_clicks
+    from nnunetv2_mamba.data.synthetic import synthetic_case
+
+    shape, spacing, blob = (32, 32), (1.0, 1.0), 3
+    rng = np.random.default_rng(0)
+
+    def case(clicked: bool | None) -> tuple[np.ndarray, np.ndarray]:
+        """A z-scored decoy image with click channels, and its label; None: training clicks (simulated for every
+        class, sometimes none), True: one click on the labelled blob."""
+        image, label = synthetic_case(rng, shape, spacing, decoy=True)
+        clicks = (simulate_clicks(label, [1, 2, 3], rng) if clicked is None else
+                  [Click(blob, p) for p in clicks_in_structure(label == blob, 1, rng)])
+        maps = encode_click_channels(clicks, shape, 3)
+        return np.concatenate([((image - image.mean()) / image.std())[None], maps]), label
+
+    with_click, without = trained_dice_with_and_without_clicks(learning_net(4), case, blob)
+    print(f"\nblob Dice with one click {with_click:.3f}, without {without:.3f}")
+    assert with_click > without + 0.2
+
+
+@pytest.mark.slow  # trains for 250 iterations
+def test_training_learns_to_follow_background_clicks():
+    """Two identical squares, one labelled at random: a background click on the other one is the only way to tell.
+    After a short training with such clicks on half of the samples, the click removes the false positive."""
+    size = 32
+    rng = np.random.default_rng(0)
+
+    def case(clicked: bool | None) -> tuple[np.ndarray, np.ndarray]:
+        """Noisy image of two 6 x 6 squares in opposite halves, the label marking one; a background click at a random
+        pixel of the other if ``clicked`` (None: on half of the samples)."""
+        image, label = rng.normal(0, 0.2, (size, size)).astype(np.float32), np.zeros((size, size), np.uint8)
+        rows = rng.integers(2, size - 8, 2)
+        corners = [(rows[0], rng.integers(2, size // 2 - 6)), (rows[1], rng.integers(size // 2 + 2, size - 8))]
+        labelled = int(rng.integers(2))
+        for i, (r, c) in enumerate(corners):
+            image[r:r + 6, c:c + 6] += 1
+            label[r:r + 6, c:c + 6] = i == labelled
+        r, c = corners[1 - labelled]
+        if clicked is None:
+            clicked = bool(rng.integers(2))
+        clicks = [Click(0, (int(r + rng.integers(6)), int(c + rng.integers(6))))] if clicked else []
+        return np.concatenate([image[None], encode_click_channels(clicks, (size, size), 2, background=True)]), label
+
+    with_click, without = trained_dice_with_and_without_clicks(learning_net(2, background_clicks=True), case, 1)
+    print(f"\nsquare Dice with a background click on the other square {with_click:.3f}, without {without:.3f}")
+    assert with_click > without + 0.2

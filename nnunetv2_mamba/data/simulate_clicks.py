@@ -8,7 +8,9 @@ click, so the network also learns to segment an unclicked structure beside click
 ``max_clicks`` clicks, spread along one ``axis`` over the slices the structure occupies, as an annotator clicks a
 structure in a few slices from one end to the other (the inferior alveolar canal along the axial slices). Each click
 lies inside its structure: the voxel of the structure in its slice nearest to a jittered point about the structure's
-median in that slice (near the middle of a blob, on a ring for a ring). Everything is drawn from the ``rng`` given.
+median in that slice (near the middle of a blob, on a ring for a ring). Background (label 0), for networks that take
+background clicks, is clicked like a structure, at random voxels within ``background_band`` voxels of the
+foreground, where false positives lie. Everything is drawn from the ``rng`` given.
 
 For evaluating a prompted network as an annotator uses it, :func:`correction_clicks` places clicks deterministically
 where a prediction misses, one round at a time.
@@ -37,12 +39,13 @@ class ClickSimulation:
     axis: int = 0
     jitter: float = 0.5
     unprompted_probability: float = 0.5
+    background_band: int = 10
 
     def __post_init__(self):
         if not (0 <= self.no_click_probability <= 1 and 0 <= self.unprompted_probability <= 1) or \
-                self.max_clicks < 1 or self.min_voxels < 1 or self.jitter < 0:
+                self.max_clicks < 1 or self.min_voxels < 1 or self.jitter < 0 or self.background_band < 1:
             raise ValueError(f"invalid click simulation {self}: need probabilities in [0, 1], max_clicks >= 1, "
-                             f"min_voxels >= 1, jitter >= 0")
+                             f"min_voxels >= 1, jitter >= 0, background_band >= 1")
 
 
 def clicks_in_structure(mask: np.ndarray, count: int, rng: np.random.Generator, axis: int = 0,
@@ -62,21 +65,36 @@ def clicks_in_structure(mask: np.ndarray, count: int, rng: np.random.Generator, 
     return points
 
 
+def background_near_foreground(label_map: np.ndarray, band: int) -> np.ndarray:
+    """Background voxels within ``band`` voxels (Euclidean) of a foreground voxel; none without foreground."""
+    from scipy import ndimage
+
+    background = label_map == 0
+    if background.all():
+        return np.zeros_like(background)
+    return background & (ndimage.distance_transform_edt(background) <= band)
+
+
 def simulate_clicks(label_map: np.ndarray, labels: Sequence[int], rng: np.random.Generator,
                     simulation: ClickSimulation = ClickSimulation()) -> list[Click]:
-    """Clicks on the structures of ``labels`` (foreground label values) in ``label_map`` (2D or 3D array)."""
+    """Clicks on the structures of ``labels`` (label values; 0 for background clicks) in ``label_map`` (2D or 3D)."""
     if not 0 <= simulation.axis < label_map.ndim:
         raise ValueError(f"click axis {simulation.axis} does not exist in a {label_map.ndim}D label map")
     if rng.uniform() < simulation.unprompted_probability:
         return []
     clicks = []
     for label in labels:
-        mask = label_map == label
+        mask = background_near_foreground(label_map, simulation.background_band) if label == 0 else \
+            label_map == label
         if np.count_nonzero(mask) < simulation.min_voxels or rng.uniform() < simulation.no_click_probability:
             continue
         count = int(rng.integers(1, simulation.max_clicks + 1))
-        clicks += [Click(int(label), point) for point in clicks_in_structure(mask, count, rng, simulation.axis,
-                                                                              simulation.jitter)]
+        if label == 0:
+            voxels = np.argwhere(mask)
+            points = [tuple(int(v) for v in voxels[i]) for i in rng.choice(len(voxels), min(count, len(voxels)), replace=False)]
+        else:
+            points = clicks_in_structure(mask, count, rng, simulation.axis, simulation.jitter)
+        clicks += [Click(int(label), point) for point in points]
     return clicks
 
 
@@ -87,8 +105,8 @@ def correction_clicks(prediction: np.ndarray, reference: np.ndarray, labels: Seq
     has the class, ``prediction`` another), the voxel farthest from the component's border (the maximum of its
     Euclidean distance transform, the array's edge counting as border; the first in array order on ties). Voxels in
     ``exclude`` (earlier clicks) are left out of the missed voxels, so a click that did not correct its region is
-    followed by another one. False positives get no click of their own: prompts are positive clicks (no background
-    channel), and a false positive of one class on another class's ground is that class's miss."""
+    followed by another one. A false positive of one class on another class's ground is that class's miss; one on
+    background is background's miss, clicked only with 0 in ``labels`` (a network that takes background clicks)."""
     from scipy import ndimage
 
     missed = reference != prediction

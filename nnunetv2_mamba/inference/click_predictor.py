@@ -81,9 +81,11 @@ class nnUNetClickPredictor(nnUNetPredictor):
         """Segmentation (in the image's array order, as nnU-Net's reader returns it) and reader properties of one
         case; without ``clicks_file`` the network runs unprompted. ``click_radius`` > 0 applies
         :func:`force_click_neighbourhoods` with that radius."""
-        num_click_classes = getattr(unwrap(self.network), "num_click_classes", None)
+        network = unwrap(self.network)
+        num_click_classes = getattr(network, "num_click_classes", None)
+        background = bool(getattr(network, "background_clicks", False))
         if num_click_classes is None:
-            raise ValueError(f"{type(unwrap(self.network)).__name__} takes no clicks; predict with a model trained "
+            raise ValueError(f"{type(network).__name__} takes no clicks; predict with a model trained "
                              f"with UMambaBot2Click plans (or use nnUNetv2_predict)")
         if self.configuration_manager.previous_stage_name is not None:
             raise ValueError("cascaded configurations are not supported with clicks; use a 2d or 3d_fullres model")
@@ -94,9 +96,9 @@ class nnUNetClickPredictor(nnUNetPredictor):
         if clicks_file is not None:
             image_shape = properties["shape_before_cropping"]
             original_shape = [image_shape[i] for i in self.plans_manager.transpose_backward]
-            clicks = read_clicks(clicks_file, self.dataset_json["labels"], properties, original_shape)
+            clicks = read_clicks(clicks_file, self.dataset_json["labels"], properties, original_shape, background)
         mapped = clicks_to_preprocessed(clicks, properties, self.plans_manager.transpose_forward, data.shape[1:])
-        maps = encode_click_channels(mapped, data.shape[1:], num_click_classes)
+        maps = encode_click_channels(mapped, data.shape[1:], num_click_classes, background)
         logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(np.concatenate([data, maps]))).cpu()
         segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, self.plans_manager, self.configuration_manager, self.label_manager, properties)

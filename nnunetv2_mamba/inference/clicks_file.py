@@ -6,7 +6,8 @@ Format (documentation/interactive.md)::
      "clicks": [{"label": "cavity", "point": [31, 40, 12]},
                 {"label": 1, "point": [28.5, 17, 9]}]}
 
-- ``label``: a foreground class of the model's dataset.json, by name or value.
+- ``label``: a foreground class of the model's dataset.json, by name or value; background (its name or 0) too for
+  a model that takes background clicks.
 - ``point``: ``space`` "voxel" (default): voxel index in the file's own axis order, (x, y, z) as ITK-SNAP, 3D Slicer
   (IJK) and SimpleITK's ``image[x, y, z]`` count, or (column, row) of a 2D image; fractions allowed.
   "world_lps" / "world_ras": physical coordinates in mm (LPS as ITK and DICOM, RAS as NIfTI and 3D Slicer show them),
@@ -31,11 +32,12 @@ SPACES = ("voxel", "world_lps", "world_ras")
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])  # flips x and y (its own inverse)
 
 
-def class_values(labels: Mapping[str, int | Sequence[int]]) -> dict[str, int]:
-    """Clickable classes of a dataset.json ``labels``: name -> value, without background and ``ignore``."""
+def class_values(labels: Mapping[str, int | Sequence[int]], background: bool = False) -> dict[str, int]:
+    """Clickable classes of a dataset.json ``labels``: name -> value, without ``ignore`` and, unless ``background``,
+    without background."""
     if any(not isinstance(v, int) for v in labels.values()):
         raise ValueError(f"region-based labels {dict(labels)} cannot be clicked: clicks name one label value")
-    return {name: value for name, value in labels.items() if value != 0 and name != "ignore"}
+    return {name: value for name, value in labels.items() if (background or value != 0) and name != "ignore"}
 
 
 def _index_from_world(world: np.ndarray, space: str, properties: dict, where: str) -> np.ndarray:
@@ -56,10 +58,10 @@ def _index_from_world(world: np.ndarray, space: str, properties: dict, where: st
 
 
 def read_clicks(path: str | os.PathLike, labels: Mapping[str, int], properties: dict,
-                shape: Sequence[int]) -> list[Click]:
+                shape: Sequence[int], background: bool = False) -> list[Click]:
     """The clicks of ``path`` as voxel coordinates of the image array of ``shape`` (spatial axes, as read by nnU-Net,
-    with the reader's ``properties``); ``labels`` is the model's dataset.json ``labels``. Errors name the file, the
-    click and what is wrong."""
+    with the reader's ``properties``); ``labels`` is the model's dataset.json ``labels``; ``background``: clicks on
+    background are allowed. Errors name the file, the click and what is wrong."""
     path = Path(path)
     try:
         content = json.loads(path.read_text())
@@ -71,7 +73,7 @@ def read_clicks(path: str | os.PathLike, labels: Mapping[str, int], properties: 
     space = content.get("space", "voxel")
     if space not in SPACES:
         raise ValueError(f'{path}: "space" must be one of {SPACES}, got {space!r}')
-    classes = class_values(labels)
+    classes = class_values(labels, background)
     shape = tuple(shape)
     flat = len(shape) == 3 and shape[0] == 1  # a 2D image, read as (1, y, x)
     clicks = []
@@ -81,7 +83,8 @@ def read_clicks(path: str | os.PathLike, labels: Mapping[str, int], properties: 
             raise ValueError(f'{where}: each click needs a "label" and a "point"')
         label = classes.get(entry["label"]) if isinstance(entry["label"], str) else entry["label"]
         if isinstance(label, bool) or label not in classes.values():
-            raise ValueError(f"{where}: label must be one of the foreground classes {classes}")
+            kind = "classes" if background else "foreground classes"
+            raise ValueError(f"{where}: label must be one of the {kind} {classes}")
         point = entry["point"]
         dims = (len(shape) - 1, len(shape)) if flat else (len(shape),)
         if not isinstance(point, list) or len(point) not in dims or \

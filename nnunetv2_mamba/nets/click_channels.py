@@ -1,9 +1,10 @@
 """How clicks reach a click-prompted network through nnU-Net: as extra input channels.
 
 nnU-Net calls ``network(data)`` with one tensor, in training, in its sliding-window predictor and in its mirroring
-test-time augmentation. Clicks therefore travel as ``K`` extra channels appended after the image channels, one per
-foreground class (channel ``k`` holds the clicks on label value ``k + 1``), with 1 at every clicked voxel and 0
-elsewhere. Everything nnU-Net does to its input then does the right thing to the clicks for free:
+test-time augmentation. Clicks therefore travel as extra channels appended after the image channels: ``K`` for
+the foreground classes (channel ``k`` holds the clicks on label value ``k + 1``), then, for a network that takes
+background clicks, one for background (label 0), with 1 at every clicked voxel and 0 elsewhere. Everything nnU-Net
+does to its input then does the right thing to the clicks for free:
 
 - a sliding-window tile ``data[:, slices]`` holds exactly the clicks inside it, in the tile's local coordinates;
 - mirroring (``torch.flip``) mirrors them: a click at ``i`` moves to ``size - 1 - i``;
@@ -33,17 +34,31 @@ class Click(NamedTuple):
     point: tuple[float, ...]
 
 
-def encode_click_channels(clicks: Iterable[Click], shape: Sequence[int], num_click_classes: int) -> np.ndarray:
+def click_channel(label: int, num_click_classes: int, background: bool = False) -> int:
+    """The channel of a click on ``label``: ``label - 1`` for foreground labels 1..K, the last channel for background
+    (label 0) when ``background``; K = ``num_click_classes`` - ``background``."""
+    foreground = num_click_classes - background
+    if not (1 <= label <= foreground or (background and label == 0)):
+        allowed = f"0..{foreground}" if background else f"1..{foreground}"
+        raise ValueError(f"click on label {label}: label must be {'a' if background else 'a foreground'} label "
+                         f"{allowed}")
+    return (label - 1) % num_click_classes
+
+
+def encode_click_channels(clicks: Iterable[Click], shape: Sequence[int], num_click_classes: int,
+                          background: bool = False) -> np.ndarray:
     """(``num_click_classes``, *shape) float32 maps with 1 at each click (rounded to the nearest voxel) in the channel
-    of its class. Clicks must lie inside ``shape`` and have labels 1..``num_click_classes``."""
+    of its class (:func:`click_channel`). Clicks must lie inside ``shape``."""
     maps = np.zeros((num_click_classes, *shape), dtype=np.float32)
     for click in clicks:
-        if not 1 <= click.label <= num_click_classes:
-            raise ValueError(f"click {click}: label must be a foreground label 1..{num_click_classes}")
+        try:
+            channel = click_channel(click.label, num_click_classes, background)
+        except ValueError as e:
+            raise ValueError(f"click {click}: {e}") from None
         voxel = tuple(int(round(c)) for c in click.point)
         if len(voxel) != len(shape) or not all(0 <= v < n for v, n in zip(voxel, shape)):
             raise ValueError(f"click {click} lies outside an array of shape {tuple(shape)}")
-        maps[(click.label - 1, *voxel)] = 1
+        maps[(channel, *voxel)] = 1
     return maps
 
 

@@ -38,14 +38,17 @@ class UMambaBot2Click(UMambaBot2):
     with U-Mamba2's values as defaults: ``click_attention_depth`` 2 two-way blocks, ``click_attention_heads`` 4,
     ``click_mlp_dim`` 1024 (the token MLP's hidden width); attention runs at half the bottleneck width (SAM).
     ``click_map_sigma``: standard deviation, in voxels of the input, of the Gaussian bumps (peak 1) the encoder gets
-    as extra input channels; 0 turns this early fusion off.
+    as extra input channels; 0 turns this early fusion off. ``background_clicks``: also take clicks on background,
+    which tell the network where a structure is not (to remove a false positive).
 
     Label values must be 0 (background) .. ``num_classes - 1``: input channel ``input_channels + k`` holds the clicks
-    on label ``k + 1`` (``num_click_classes`` = ``num_classes - 1`` channels); region-based outputs are not supported.
+    on label ``k + 1``, then, with ``background_clicks``, the last one those on background (``num_click_classes`` =
+    ``num_classes - 1`` channels, plus one); region-based outputs are not supported.
     """
 
     def __init__(self, input_channels: int, *args, click_attention_depth: int = 2, click_attention_heads: int = 4,
-                 click_mlp_dim: int = 1024, click_map_sigma: float = 2.0, **kwargs):
+                 click_mlp_dim: int = 1024, click_map_sigma: float = 2.0, background_clicks: bool = False,
+                 **kwargs):
         positional = inspect.signature(ResidualEncoderUNet).bind_partial(input_channels, *args).arguments
         num_classes = positional.get("num_classes", kwargs.get("num_classes"))
         if num_classes is None or num_classes < 2:
@@ -53,7 +56,8 @@ class UMambaBot2Click(UMambaBot2):
                              f"num_classes={num_classes}")
         if click_map_sigma < 0:
             raise ValueError(f"click_map_sigma must be >= 0 (0: no click maps for the encoder), got {click_map_sigma}")
-        self.num_click_classes = num_classes - 1
+        self.background_clicks = background_clicks
+        self.num_click_classes = num_classes - 1 + background_clicks
         self.click_map_sigma = click_map_sigma
         encoder_channels = input_channels + (self.num_click_classes if click_map_sigma else 0)
         super().__init__(encoder_channels, *args, **kwargs)
@@ -76,8 +80,9 @@ class UMambaBot2Click(UMambaBot2):
         extra = x.shape[1] - self.image_channels
         if extra not in (0, self.num_click_classes):
             raise ValueError(f"{type(self).__name__} takes {self.image_channels} image channels, optionally followed "
-                             f"by {self.num_click_classes} click channels (one per foreground class); got an input "
-                             f"of shape {tuple(x.shape)}")
+                             f"by {self.num_click_classes} click channels (one per foreground class"
+                             f"{', then background' if self.background_clicks else ''}); got an input of shape "
+                             f"{tuple(x.shape)}")
         image = x[:, :self.image_channels]
         if extra == 0:
             return image, x.new_zeros(x.shape[0], 0, x.ndim - 2), torch.empty(x.shape[0], 0, dtype=torch.long,

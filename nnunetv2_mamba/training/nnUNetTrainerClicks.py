@@ -23,19 +23,23 @@ from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba, unwra
 
 
 class SimulateClicksTransform(BasicTransform):
-    """Appends ``num_click_classes`` click channels, simulated from the sample's label map, to its image. Random
-    numbers come from numpy's global state, which nnU-Net's data loading seeds, like its other transforms."""
+    """Appends ``num_click_classes`` click channels (the foreground classes', then background's if ``background``),
+    simulated from the sample's label map, to its image. Random numbers come from numpy's global state, which nnU-Net's
+    data loading seeds, like its other transforms."""
 
-    def __init__(self, num_click_classes: int, simulation: ClickSimulation = ClickSimulation()):
+    def __init__(self, num_click_classes: int, simulation: ClickSimulation = ClickSimulation(),
+                 background: bool = False):
         super().__init__()
-        self.num_click_classes, self.simulation = num_click_classes, simulation
+        self.num_click_classes, self.simulation, self.background = num_click_classes, simulation, background
+        self.labels = list(range(1, num_click_classes + 1 - background)) + [0] * background
 
     def apply(self, data_dict: dict, **params) -> dict:
         segmentation = data_dict["segmentation"]
         label_map = (segmentation[0] if isinstance(segmentation, list) else segmentation)[0].numpy()
         rng = np.random.default_rng(np.random.randint(2 ** 31))
-        clicks = simulate_clicks(label_map, range(1, self.num_click_classes + 1), rng, self.simulation)
-        maps = torch.from_numpy(encode_click_channels(clicks, label_map.shape, self.num_click_classes))
+        clicks = simulate_clicks(label_map, self.labels, rng, self.simulation)
+        maps = torch.from_numpy(encode_click_channels(clicks, label_map.shape, self.num_click_classes,
+                                                      self.background))
         data_dict["image"] = torch.cat([data_dict["image"], maps.to(data_dict["image"].dtype)])
         return data_dict
 
@@ -58,11 +62,13 @@ class nnUNetTrainerClicks(nnUNetTrainerMamba):
         after every spatial and intensity transform, before the deep supervision downsampling."""
         steps = pipeline.transforms
         at = next((i for i, t in enumerate(steps) if isinstance(t, DownsampleSegForDSTransform)), len(steps))
-        steps.insert(at, SimulateClicksTransform(self._num_click_classes(), self.click_simulation))
+        channels, background = self._click_channels()
+        steps.insert(at, SimulateClicksTransform(channels, self.click_simulation, background))
         return pipeline
 
-    def _num_click_classes(self) -> int:
-        """Foreground classes to click on; checks that the labels and the network fit click channels."""
+    def _click_channels(self) -> tuple[int, bool]:
+        """The network's click channels and whether the last is background's; checks that the labels and the network
+        fit click channels."""
         labels = self.label_manager
         if labels.has_regions:
             raise ValueError(f"{type(self).__name__} simulates clicks on label values; region-based training "
@@ -72,11 +78,13 @@ class nnUNetTrainerClicks(nnUNetTrainerMamba):
             raise ValueError(f"{type(self).__name__} needs consecutive foreground labels 1..{count}, the dataset has "
                              f"{labels.foreground_labels}")
         network = unwrap(self.network)
-        if getattr(network, "num_click_classes", None) != count:
-            raise TypeError(f"{type(self).__name__} feeds {count} click channels, but {type(network).__name__} does "
-                            f"not take them (a click-prompted network has num_click_classes = {count}); train plans "
+        background = bool(getattr(network, "background_clicks", False))
+        if getattr(network, "num_click_classes", None) != count + background:
+            raise TypeError(f"{type(self).__name__} feeds {count + background} click channels, but "
+                            f"{type(network).__name__} does not take them (a click-prompted network has "
+                            f"num_click_classes = {count}, or {count + 1} with background clicks); train plans "
                             f"for UMambaBot2Click (nnunetv2_mamba plans -d DATASET -a UMambaBot2Click)")
-        return count
+        return count + background, background
 
 
 class nnUNetTrainerClicksUMamba2(nnUNetTrainerClicks):
