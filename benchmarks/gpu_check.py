@@ -541,7 +541,8 @@ def network_input(case: dict[str, Any], device: torch.device) -> torch.Tensor:
     if "Click" in case["architecture"]["network_class_name"]:
         classes = case["num_classes"] - 1
         clicks = [encode_click_channels([Click(label, tuple(float(torch.randint(0, n, ()).item()) for n in patch))
-                                         for label in range(1, classes + 1) for _ in range(2)], patch, classes)
+                                         for label in range(1, classes + 1) for _ in range(2)], patch,
+                                        range(1, classes + 1))
                   for _ in range(batch)]
         x = torch.cat([x, torch.from_numpy(np.stack(clicks))], dim=1)
     return x.to(device)

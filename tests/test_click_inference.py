@@ -167,7 +167,7 @@ class PaintClicks(nn.Module):
     voxel's global id, and every call checks that each click it sees sits on the voxel of a global click of the same
     class and that it sees every click of its tile, also in mirrored tiles."""
 
-    num_click_classes = 2
+    click_labels = (1, 2)
 
     def __init__(self, global_clicks: dict[int, int] | None = None):
         super().__init__()
@@ -208,7 +208,7 @@ def test_tiles_see_their_clicks_in_local_coordinates_and_mirrored(patch):
     shape = (9, 20, 14)
     clicks = [Click(1, (1, 3, 2)), Click(2, (4, 10, 7)), Click(1, (8, 19, 13)), Click(2, (5, 11, 0))]
     ids = torch.arange(int(np.prod(shape)), dtype=torch.float32).reshape(1, *shape)
-    data = torch.cat([ids, torch.from_numpy(encode_click_channels(clicks, shape, 2))])
+    data = torch.cat([ids, torch.from_numpy(encode_click_channels(clicks, shape, (1, 2)))])
     flat_ids = {int(np.ravel_multi_index(c.point, shape)): c.label for c in clicks}
     logits = {}
     for mirroring in (False, True):

@@ -102,7 +102,7 @@ def test_correction_clicks_mark_the_centre_of_the_largest_miss_of_each_class():
     assert correction_clicks(np.zeros_like(volume), volume, [2]) == [Click(2, (2, 2, 2))]
 
 
-def stub_trainer(num_labels: int = 3, network=SimpleNamespace(num_click_classes=3), regions: bool = False,
+def stub_trainer(num_labels: int = 3, network=SimpleNamespace(click_labels=(1, 2, 3)), regions: bool = False,
                  kind: type[nnUNetTrainerClicks] = nnUNetTrainerClicks) -> nnUNetTrainerClicks:
     """A trainer with just what the click transforms need (a real one needs a preprocessed dataset)."""
     trainer = kind.__new__(kind)
@@ -194,7 +194,7 @@ def test_correction_clicks_on_background_mark_false_positives():
 
 
 def test_trainer_feeds_background_clicks_to_a_network_that_takes_them():
-    network = SimpleNamespace(num_click_classes=4, background_clicks=True)
+    network = SimpleNamespace(click_labels=(1, 2, 3, 0))
     pipeline = stub_trainer(network=network).get_validation_transforms(None)
     label = torch.from_numpy(synthetic_label(2, 0)[None].astype(np.int16))
     np.random.seed(1)
@@ -206,5 +206,5 @@ def test_trainer_feeds_background_clicks_to_a_network_that_takes_them():
             assert (label[0][sample["image"][1 + channel] > 0] == value).all()
         background_clicks += int(sample["image"][4].sum())
     assert background_clicks > 0
-    with pytest.raises(TypeError, match="feeds 3 click channels"):
-        stub_trainer(network=SimpleNamespace(num_click_classes=4)).get_validation_transforms(None)
+    with pytest.raises(TypeError, match=r"takes clicks on \[1, 2, 3, 4\]"):
+        stub_trainer(network=SimpleNamespace(click_labels=(1, 2, 3, 4))).get_validation_transforms(None)

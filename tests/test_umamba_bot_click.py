@@ -12,7 +12,7 @@ from torch import nn
 from helpers.autocast_checks import check_bf16_autocast
 from helpers.nnunet_plans import acdc_like_configurations, build, deep_supervision_shapes
 from nnunetv2_mamba.nets.click_attention import cell_centres
-from nnunetv2_mamba.nets.click_channels import (PADDING, Click, click_channel, decode_click_channels,
+from nnunetv2_mamba.nets.click_channels import (PADDING, Click, click_labels, decode_click_channels,
                                                 encode_click_channels)
 from nnunetv2_mamba.nets.umamba_bot_click import UMambaBot2Click
 from nnunetv2_mamba.plans import derive_plans
@@ -27,9 +27,8 @@ def tiny_net(conv_op=nn.Conv2d, strides=([1, 1], [2, 2], [2, 2]), num_classes=3,
                            **tiny(conv_op, [list(s) for s in strides]), **CLICK_KWARGS, **kwargs)
 
 
-def with_clicks(image: torch.Tensor, clicks_per_sample: list[list[Click]], num_click_classes: int,
-                background: bool = False) -> torch.Tensor:
-    maps = [torch.from_numpy(encode_click_channels(c, image.shape[2:], num_click_classes, background))
+def with_clicks(image: torch.Tensor, clicks_per_sample: list[list[Click]], labels: tuple[int, ...]) -> torch.Tensor:
+    maps = [torch.from_numpy(encode_click_channels(c, image.shape[2:], labels))
             for c in clicks_per_sample]
     return torch.cat([image, torch.stack(maps)], dim=1)
 
@@ -40,7 +39,7 @@ def test_click_channels_round_trip(shape):
     samples = [[Click(int(rng.integers(1, 4)), tuple(float(rng.integers(0, n)) for n in shape)) for _ in range(k)]
                for k in (3, 0, 5)]
     samples[0].append(Click(samples[0][0].label, tuple(p + 0.4 for p in samples[0][0].point)))  # same voxel, merged
-    maps = torch.stack([torch.from_numpy(encode_click_channels(c, shape, 3)) for c in samples])
+    maps = torch.stack([torch.from_numpy(encode_click_channels(c, shape, (1, 2, 3))) for c in samples])
     assert maps.shape == (3, 3, *shape)
     coords, classes = decode_click_channels(maps)
     assert coords.shape == (3, 5, len(shape)) and classes.shape == (3, 5)
@@ -53,22 +52,22 @@ def test_click_channels_round_trip(shape):
 
 
 def test_background_clicks_take_the_last_channel():
-    maps = encode_click_channels([Click(0, (1, 2)), Click(2, (3, 3)), Click(1, (0, 0))], (4, 4), 3, background=True)
+    assert click_labels(3, background=True) == (1, 2, 0) and click_labels(3) == (1, 2)
+    maps = encode_click_channels([Click(0, (1, 2)), Click(2, (3, 3)), Click(1, (0, 0))], (4, 4), (1, 2, 0))
     assert [tuple(np.argwhere(m).ravel()) for m in maps] == [(0, 0), (3, 3), (1, 2)]
-    assert click_channel(0, 3, background=True) == 2 and click_channel(2, 3, background=True) == 1
-    with pytest.raises(ValueError, match="label must be a label 0..2"):
-        encode_click_channels([Click(3, (1, 1))], (4, 4), 3, background=True)
+    with pytest.raises(ValueError, match=r"click labels \[1, 2, 0\]$"):
+        encode_click_channels([Click(3, (1, 1))], (4, 4), (1, 2, 0))
 
 
 def test_click_channels_reject_bad_clicks():
-    with pytest.raises(ValueError, match="foreground label 1..2"):
-        encode_click_channels([Click(3, (1, 1))], (4, 4), 2)
-    with pytest.raises(ValueError, match="foreground label 1..2"):
-        encode_click_channels([Click(0, (1, 1))], (4, 4), 2)  # background, to a network without its channel
+    with pytest.raises(ValueError, match=r"click labels \[1, 2\]"):
+        encode_click_channels([Click(3, (1, 1))], (4, 4), (1, 2))
+    with pytest.raises(ValueError, match="takes no background clicks"):
+        encode_click_channels([Click(0, (1, 1))], (4, 4), (1, 2))
     with pytest.raises(ValueError, match="outside an array of shape"):
-        encode_click_channels([Click(1, (1, 4))], (4, 4), 2)
+        encode_click_channels([Click(1, (1, 4))], (4, 4), (1, 2))
     with pytest.raises(ValueError, match="outside"):
-        encode_click_channels([Click(1, (1, 1, 1))], (4, 4), 2)
+        encode_click_channels([Click(1, (1, 1, 1))], (4, 4), (1, 2))
 
 
 @pytest.mark.parametrize("click_map_sigma", [2.0, 0.0])
@@ -81,26 +80,27 @@ def test_output_depends_on_clicks_and_only_on_its_own(conv_op, strides, kernel_s
     b = [Click(1, tuple(n // 2 for n in patch))]
     with torch.no_grad():
         plain = net(image)
-        clicked = net(with_clicks(image, [a, []], 2))
-        moved = net(with_clicks(image, [b, []], 2))
-        relabelled = net(with_clicks(image, [[Click(2, a[0].point), a[1]], []], 2))
+        clicked = net(with_clicks(image, [a, []], (1, 2)))
+        moved = net(with_clicks(image, [b, []], (1, 2)))
+        relabelled = net(with_clicks(image, [[Click(2, a[0].point), a[1]], []], (1, 2)))
         assert [tuple(o.shape) for o in clicked] == [(2, 3, *s) for s in deep_supervision_shapes(list(patch), strides)]
         for other in (plain, moved, relabelled):
             assert (clicked[0][0] - other[0][0]).abs().max() > 1e-3  # sample 0 sees its clicks ...
         # ... and sample 1 (no clicks) does not see sample 0's: padding is masked, not extra "no point" tokens
         torch.testing.assert_close(clicked[0][1], plain[0][1], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(net(with_clicks(image, [[], []], 2))[0], plain[0], rtol=0, atol=0)
+        torch.testing.assert_close(net(with_clicks(image, [[], []], (1, 2)))[0], plain[0], rtol=0, atol=0)
 
 
 def test_background_clicks_are_a_class_of_their_own():
     """With background_clicks the network takes one more channel; a background click changes the output, and not as
     a foreground click at the same place does."""
     net = tiny_net(background_clicks=True).eval()
-    assert net.num_click_classes == 3 and net.click_maps(torch.zeros(1, 4, 16, 16)).shape == (1, 3, 16, 16)
+    assert net.click_labels == (1, 2, 0) and net.click_maps(torch.zeros(1, 4, 16, 16)).shape == (1, 3, 16, 16)
     image = torch.randn(1, 1, 16, 16)
     with torch.no_grad():
         plain, background, foreground = (net(x) for x in (
-            image, with_clicks(image, [[Click(0, (5, 6))]], 3, True), with_clicks(image, [[Click(1, (5, 6))]], 3, True)))
+            image, with_clicks(image, [[Click(0, (5, 6))]], net.click_labels),
+            with_clicks(image, [[Click(1, (5, 6))]], net.click_labels)))
     assert (background - plain).abs().max() > 1e-3 and (background - foreground).abs().max() > 1e-3
     with pytest.raises(ValueError, match="one per foreground class, then background"):
         net(torch.randn(1, 3, 16, 16))
@@ -109,7 +109,7 @@ def test_background_clicks_are_a_class_of_their_own():
 @pytest.mark.parametrize("shape, click", [((20, 17), (6, 9)), ((9, 12, 10), (4, 2, 7))])
 def test_click_maps_are_gaussian_bumps_cut_at_the_border(shape, click):
     net = tiny_net(conv_op=nn.Conv2d if len(shape) == 2 else nn.Conv3d, strides=[[1] * len(shape)] * 3)
-    x = with_clicks(torch.randn(1, 1, *shape), [[Click(2, click)]], 2)
+    x = with_clicks(torch.randn(1, 1, *shape), [[Click(2, click)]], (1, 2))
     maps = net.click_maps(x)[0]
     assert maps.shape == (2, *shape) and not maps[0].any()
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))
@@ -146,7 +146,7 @@ def test_input_channels_are_checked():
 def test_gradients_reach_every_parameter_of_the_click_branch():
     net = tiny_net(strides=([1, 1], [2, 2]))
     image = torch.randn(2, 1, 8, 8)
-    out = net(with_clicks(image, [[Click(1, (1, 2)), Click(2, (5, 5))], [Click(2, (3, 3))]], 2))
+    out = net(with_clicks(image, [[Click(1, (1, 2)), Click(2, (5, 5))], [Click(2, (3, 3))]], (1, 2)))
     out.square().mean().backward()
     for name, p in net.click_attention.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -156,7 +156,7 @@ def test_click_coordinates_share_the_grid_frame_and_mirror():
     """A click's normalised coordinate is (voxel + 0.5) / size, the frame of the bottleneck's cell centres; mirroring
     the input maps it to 1 - coordinate, as mirroring maps the cell centres."""
     net = tiny_net()
-    x = with_clicks(torch.randn(1, 1, 16, 12), [[Click(1, (3, 10)), Click(2, (15, 0))]], 2)
+    x = with_clicks(torch.randn(1, 1, 16, 12), [[Click(1, (3, 10)), Click(2, (15, 0))]], (1, 2))
     _, coords, classes = net.split_input(x)
     _, flipped, flipped_classes = net.split_input(torch.flip(x, (2, 3)))
     order = [sorted(range(2), key=lambda i: int(c[0, i])) for c in (classes, flipped_classes)]
@@ -169,7 +169,7 @@ def test_click_coordinates_share_the_grid_frame_and_mirror():
 
 def test_float32_under_bf16_autocast():
     net = tiny_net().eval()
-    x = with_clicks(torch.randn(2, 1, 16, 12), [[Click(1, (3, 3))], [Click(2, (8, 8))]], 2)
+    x = with_clicks(torch.randn(2, 1, 16, 12), [[Click(1, (3, 3))], [Click(2, (8, 8))]], (1, 2))
     check_bf16_autocast(net, x, 0.1)
 
 
@@ -258,7 +258,7 @@ def test_training_learns_to_follow_clicks():
         image, label = synthetic_case(rng, shape, spacing, decoy=True)
         clicks = (simulate_clicks(label, [1, 2, 3], rng) if clicked is None else
                   [Click(blob, p) for p in clicks_in_structure(label == blob, 1, rng)])
-        maps = encode_click_channels(clicks, shape, 3)
+        maps = encode_click_channels(clicks, shape, (1, 2, 3))
         return np.concatenate([((image - image.mean()) / image.std())[None], maps]), label
 
     with_click, without = trained_dice_with_and_without_clicks(learning_net(4), case, blob)
@@ -287,7 +287,7 @@ def test_training_learns_to_follow_background_clicks():
         if clicked is None:
             clicked = bool(rng.integers(2))
         clicks = [Click(0, (int(r + rng.integers(6)), int(c + rng.integers(6))))] if clicked else []
-        return np.concatenate([image[None], encode_click_channels(clicks, (size, size), 2, background=True)]), label
+        return np.concatenate([image[None], encode_click_channels(clicks, (size, size), (1, 0))]), label
 
     with_click, without = trained_dice_with_and_without_clicks(learning_net(2, background_clicks=True), case, 1)
     print(f"\nsquare Dice with a background click on the other square {with_click:.3f}, without {without:.3f}")

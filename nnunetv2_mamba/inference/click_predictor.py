@@ -72,7 +72,7 @@ def force_click_neighbourhoods(segmentation: np.ndarray, clicks: Sequence[Click]
 
 
 class nnUNetClickPredictor(nnUNetPredictor):
-    """``nnUNetPredictor`` that prompts click-prompted networks (``network.num_click_classes``) with clicks per case.
+    """``nnUNetPredictor`` that prompts click-prompted networks (``network.click_labels``) with clicks per case.
     Initialise it as nnU-Net's (``initialize_from_trained_model_folder``), then call :meth:`predict_case` or
     :meth:`predict_from_folder`."""
 
@@ -82,9 +82,8 @@ class nnUNetClickPredictor(nnUNetPredictor):
         case; without ``clicks_file`` the network runs unprompted. ``click_radius`` > 0 applies
         :func:`force_click_neighbourhoods` with that radius."""
         network = unwrap(self.network)
-        num_click_classes = getattr(network, "num_click_classes", None)
-        background = bool(getattr(network, "background_clicks", False))
-        if num_click_classes is None:
+        labels = getattr(network, "click_labels", None)
+        if labels is None:
             raise ValueError(f"{type(network).__name__} takes no clicks; predict with a model trained "
                              f"with UMambaBot2Click plans (or use nnUNetv2_predict)")
         if self.configuration_manager.previous_stage_name is not None:
@@ -96,9 +95,10 @@ class nnUNetClickPredictor(nnUNetPredictor):
         if clicks_file is not None:
             image_shape = properties["shape_before_cropping"]
             original_shape = [image_shape[i] for i in self.plans_manager.transpose_backward]
-            clicks = read_clicks(clicks_file, self.dataset_json["labels"], properties, original_shape, background)
+            clicks = read_clicks(clicks_file, self.dataset_json["labels"], properties, original_shape,
+                                 background=0 in labels)
         mapped = clicks_to_preprocessed(clicks, properties, self.plans_manager.transpose_forward, data.shape[1:])
-        maps = encode_click_channels(mapped, data.shape[1:], num_click_classes, background)
+        maps = encode_click_channels(mapped, data.shape[1:], labels)
         logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(np.concatenate([data, maps]))).cpu()
         segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, self.plans_manager, self.configuration_manager, self.label_manager, properties)

@@ -34,37 +34,31 @@ class Click(NamedTuple):
     point: tuple[float, ...]
 
 
-def click_channel(label: int, num_click_classes: int, background: bool = False) -> int:
-    """The channel of a click on ``label``: ``label - 1`` for foreground labels 1..K, the last channel for background
-    (label 0) when ``background``; K = ``num_click_classes`` - ``background``."""
-    foreground = num_click_classes - background
-    if not (1 <= label <= foreground or (background and label == 0)):
-        allowed = f"0..{foreground}" if background else f"1..{foreground}"
-        raise ValueError(f"click on label {label}: label must be {'a' if background else 'a foreground'} label "
-                         f"{allowed}")
-    return (label - 1) % num_click_classes
+def click_labels(num_classes: int, background: bool = False) -> tuple[int, ...]:
+    """The label value of each click channel, in channel order: foreground labels 1..``num_classes`` - 1, then
+    background (0) for a network that takes background clicks."""
+    return tuple(range(1, num_classes)) + (0,) * background
 
 
-def encode_click_channels(clicks: Iterable[Click], shape: Sequence[int], num_click_classes: int,
-                          background: bool = False) -> np.ndarray:
-    """(``num_click_classes``, *shape) float32 maps with 1 at each click (rounded to the nearest voxel) in the channel
-    of its class (:func:`click_channel`). Clicks must lie inside ``shape``."""
-    maps = np.zeros((num_click_classes, *shape), dtype=np.float32)
+def encode_click_channels(clicks: Iterable[Click], shape: Sequence[int], labels: Sequence[int]) -> np.ndarray:
+    """(``len(labels)``, *shape) float32 maps with 1 at each click (rounded to the nearest voxel) in the channel of
+    its label; ``labels``: the label of each channel (:func:`click_labels`). Clicks must lie inside ``shape``."""
+    channels = {label: channel for channel, label in enumerate(labels)}
+    maps = np.zeros((len(channels), *shape), dtype=np.float32)
     for click in clicks:
-        try:
-            channel = click_channel(click.label, num_click_classes, background)
-        except ValueError as e:
-            raise ValueError(f"click {click}: {e}") from None
+        if click.label not in channels:
+            raise ValueError(f"click {click}: label must be one of the network's click labels {list(labels)}"
+                             f"{'' if 0 in channels else ' (it takes no background clicks)'}")
         voxel = tuple(int(round(c)) for c in click.point)
         if len(voxel) != len(shape) or not all(0 <= v < n for v, n in zip(voxel, shape)):
             raise ValueError(f"click {click} lies outside an array of shape {tuple(shape)}")
-        maps[(channel, *voxel)] = 1
+        maps[(channels[click.label], *voxel)] = 1
     return maps
 
 
 def decode_click_channels(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Click maps (B, K, *spatial) -> voxel coordinates (B, N, ndim) float and class indices (B, N) long (label value
-    - 1, :data:`PADDING` where a sample has fewer than N = the largest number of clicks in the batch)."""
+    """Click maps (B, K, *spatial) -> voxel coordinates (B, N, ndim) float and class indices (B, N) long (the click's
+    channel, :data:`PADDING` where a sample has fewer than N = the largest number of clicks in the batch)."""
     batch = maps.shape[0]
     hits = torch.nonzero(maps > 0.5)  # (M, 2 + ndim) in lexicographic order: grouped by sample
     sample = hits[:, 0]

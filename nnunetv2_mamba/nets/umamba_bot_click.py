@@ -29,7 +29,7 @@ from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
 
 from nnunetv2_mamba.nets.click_attention import ClickCrossAttention
-from nnunetv2_mamba.nets.click_channels import decode_click_channels
+from nnunetv2_mamba.nets.click_channels import click_labels, decode_click_channels
 from nnunetv2_mamba.nets.umamba_bot import UMambaBot2
 
 
@@ -42,8 +42,8 @@ class UMambaBot2Click(UMambaBot2):
     which tell the network where a structure is not (to remove a false positive).
 
     Label values must be 0 (background) .. ``num_classes - 1``: input channel ``input_channels + k`` holds the clicks
-    on label ``k + 1``, then, with ``background_clicks``, the last one those on background (``num_click_classes`` =
-    ``num_classes - 1`` channels, plus one); region-based outputs are not supported.
+    on label ``k + 1``, then, with ``background_clicks``, the last one those on background (``click_labels``: the
+    label of each click channel); region-based outputs are not supported.
     """
 
     def __init__(self, input_channels: int, *args, click_attention_depth: int = 2, click_attention_heads: int = 4,
@@ -57,7 +57,8 @@ class UMambaBot2Click(UMambaBot2):
         if click_map_sigma < 0:
             raise ValueError(f"click_map_sigma must be >= 0 (0: no click maps for the encoder), got {click_map_sigma}")
         self.background_clicks = background_clicks
-        self.num_click_classes = num_classes - 1 + background_clicks
+        self.click_labels = click_labels(num_classes, background_clicks)  # the label of each click channel
+        self.num_click_classes = len(self.click_labels)
         self.click_map_sigma = click_map_sigma
         encoder_channels = input_channels + (self.num_click_classes if click_map_sigma else 0)
         super().__init__(encoder_channels, *args, **kwargs)

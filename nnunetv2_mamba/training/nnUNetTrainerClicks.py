@@ -11,6 +11,8 @@ training and validation batches alike. Everything else is nnU-Net's training. nn
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
@@ -18,28 +20,25 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 
 from nnunetv2_mamba.data.simulate_clicks import ClickSimulation, simulate_clicks
-from nnunetv2_mamba.nets.click_channels import encode_click_channels
+from nnunetv2_mamba.nets.click_channels import click_labels, encode_click_channels
 from nnunetv2_mamba.training.nnUNetTrainerMamba import nnUNetTrainerMamba, unwrap
 
 
 class SimulateClicksTransform(BasicTransform):
-    """Appends ``num_click_classes`` click channels (the foreground classes', then background's if ``background``),
-    simulated from the sample's label map, to its image. Random numbers come from numpy's global state, which nnU-Net's
-    data loading seeds, like its other transforms."""
+    """Appends click channels, one per label of ``labels`` (the network's click labels), simulated from the sample's
+    label map, to its image. Random numbers come from numpy's global state, which nnU-Net's data loading seeds, like
+    its other transforms."""
 
-    def __init__(self, num_click_classes: int, simulation: ClickSimulation = ClickSimulation(),
-                 background: bool = False):
+    def __init__(self, labels: Sequence[int], simulation: ClickSimulation = ClickSimulation()):
         super().__init__()
-        self.num_click_classes, self.simulation, self.background = num_click_classes, simulation, background
-        self.labels = list(range(1, num_click_classes + 1 - background)) + [0] * background
+        self.labels, self.simulation = list(labels), simulation
 
     def apply(self, data_dict: dict, **params) -> dict:
         segmentation = data_dict["segmentation"]
         label_map = (segmentation[0] if isinstance(segmentation, list) else segmentation)[0].numpy()
         rng = np.random.default_rng(np.random.randint(2 ** 31))
         clicks = simulate_clicks(label_map, self.labels, rng, self.simulation)
-        maps = torch.from_numpy(encode_click_channels(clicks, label_map.shape, self.num_click_classes,
-                                                      self.background))
+        maps = torch.from_numpy(encode_click_channels(clicks, label_map.shape, self.labels))
         data_dict["image"] = torch.cat([data_dict["image"], maps.to(data_dict["image"].dtype)])
         return data_dict
 
@@ -62,13 +61,12 @@ class nnUNetTrainerClicks(nnUNetTrainerMamba):
         after every spatial and intensity transform, before the deep supervision downsampling."""
         steps = pipeline.transforms
         at = next((i for i, t in enumerate(steps) if isinstance(t, DownsampleSegForDSTransform)), len(steps))
-        channels, background = self._click_channels()
-        steps.insert(at, SimulateClicksTransform(channels, self.click_simulation, background))
+        steps.insert(at, SimulateClicksTransform(self._click_labels(), self.click_simulation))
         return pipeline
 
-    def _click_channels(self) -> tuple[int, bool]:
-        """The network's click channels and whether the last is background's; checks that the labels and the network
-        fit click channels."""
+    def _click_labels(self) -> tuple[int, ...]:
+        """The network's click labels (:func:`~nnunetv2_mamba.nets.click_channels.click_labels`), checked against the
+        dataset's labels."""
         labels = self.label_manager
         if labels.has_regions:
             raise ValueError(f"{type(self).__name__} simulates clicks on label values; region-based training "
@@ -78,13 +76,12 @@ class nnUNetTrainerClicks(nnUNetTrainerMamba):
             raise ValueError(f"{type(self).__name__} needs consecutive foreground labels 1..{count}, the dataset has "
                              f"{labels.foreground_labels}")
         network = unwrap(self.network)
-        background = bool(getattr(network, "background_clicks", False))
-        if getattr(network, "num_click_classes", None) != count + background:
-            raise TypeError(f"{type(self).__name__} feeds {count + background} click channels, but "
-                            f"{type(network).__name__} does not take them (a click-prompted network has "
-                            f"num_click_classes = {count}, or {count + 1} with background clicks); train plans "
-                            f"for UMambaBot2Click (nnunetv2_mamba plans -d DATASET -a UMambaBot2Click)")
-        return count + background, background
+        taken = tuple(getattr(network, "click_labels", ()))
+        if taken not in (click_labels(count + 1), click_labels(count + 1, background=True)):
+            raise TypeError(f"{type(self).__name__} simulates clicks on labels 1..{count} (and 0 with background "
+                            f"clicks), but {type(network).__name__} takes clicks on {list(taken) or 'none'}; "
+                            f"train plans for UMambaBot2Click (nnunetv2_mamba plans -d DATASET -a UMambaBot2Click)")
+        return taken
 
 
 class nnUNetTrainerClicksUMamba2(nnUNetTrainerClicks):
