@@ -14,7 +14,7 @@ Prints a markdown table and writes benchmarks/results/ssl_recipe.json. Takes ten
     python benchmarks/ssl_recipe.py [--work DIR] [--seed 0]
 
 Results: documentation/benchmarks.md ("The semi-supervised recipe"), rendered from
-documentation/results/ssl_recipe_seed*.json; readings: documentation/case_studies/ssl_synthetic.md.
+documentation/results/ssl_recipe_seed*.json; readings: documentation/case_studies/ssl.md.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ class nnUNetTrainerDAE(nnUNetTrainerMamba):
         self.enable_deep_supervision = False
         self.num_epochs = 200
         # higher than U-Mamba2-SSL's: at lower rates a short schedule ends before the network can even copy its input
-        # (documentation/case_studies/ssl_synthetic.md)
+        # (documentation/case_studies/ssl.md)
         self.initial_lr = 1e-3
         self.weight_decay = 0.05
 
