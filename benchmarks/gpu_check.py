@@ -534,15 +534,14 @@ def network_input(case: dict[str, Any], device: torch.device) -> torch.Tensor:
     """A random image batch; for a click-prompted network, followed by two clicks per foreground class."""
     import numpy as np
 
-    from nnunetv2_mamba.nets.click_channels import Click, encode_click_channels
+    from nnunetv2_mamba.nets.click_channels import Click, click_labels, encode_click_channels
 
     batch, patch = case["batch_size"], case["patch_size"]
     x = torch.randn(batch, case["input_channels"], *patch)
     if "Click" in case["architecture"]["network_class_name"]:
-        classes = case["num_classes"] - 1
+        labels = click_labels(case["num_classes"])
         clicks = [encode_click_channels([Click(label, tuple(float(torch.randint(0, n, ()).item()) for n in patch))
-                                         for label in range(1, classes + 1) for _ in range(2)], patch,
-                                        range(1, classes + 1))
+                                         for label in labels for _ in range(2)], patch, labels)
                   for _ in range(batch)]
         x = torch.cat([x, torch.from_numpy(np.stack(clicks))], dim=1)
     return x.to(device)
