@@ -27,6 +27,7 @@ setup(
         "SimpleITK>=2.3,<3",
         "matplotlib>=3.8,<4",
         "tqdm>=4.66,<5",
+        "filelock>=3.12,<5",  # the benchmarks' training lock (benchmarks/acdc_scribble.py)
         "ninja>=1.11,<2",  # torch's JIT extension builder, for the fused CPU selective scan
     ],
     extras_require={

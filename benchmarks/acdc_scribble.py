@@ -61,7 +61,8 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -406,32 +407,52 @@ def train_process(dataset: str, trainer_name: str, plans: str, seed: int, epochs
 
 def run_training(training: Any, seed: int, seed_folder: Path, logs: Path, device: torch.device, say: Say,
                  epochs: int | None = None, pretrained: Path | None = None) -> dict[str, Any]:
-    """Train unless checkpoint_final.pth exists; returns the cost record (iterations, training wall-clock seconds,
+    """Train unless checkpoint_final.pth exists, holding a lock beside the record that makes a second run on the same
+    work folder stop instead of training the same model at once; returns the cost record (iterations, training wall-clock seconds,
     median seconds of a training step, parameters), kept in ``seed_folder/training``. ``training`` names its
     ``dataset``, ``trainer``, ``plans``, ``slug`` and ``model_folder(seed_folder)`` (this module's Training and
     acdc_dense.py's)."""
     record = seed_folder / "training" / f"{training.slug}.json"
     model_folder = training.model_folder(seed_folder)
-    if (model_folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file() and record.is_file():
-        return json.loads(record.read_text())
     record.parent.mkdir(parents=True, exist_ok=True)
-    say(f"seed {seed}: nnUNetv2_train {training.dataset} {CONFIGURATION} {FOLD} -tr {training.trainer} "
-        f"-p {training.plans}" + (f" -pretrained_weights {pretrained}" if pretrained else "")
-        + (f" ({epochs} epochs)" if epochs else ""))
-    os.environ["nnUNet_results"] = str(model_folder.parents[1])  # the spawned process inherits it
-    os.makedirs(os.environ["nnUNet_results"], exist_ok=True)
-    log = logs / f"train_seed{seed}_{training.slug}.log"
-    process = multiprocessing.get_context("spawn").Process(
-        target=train_process, args=(training.dataset, training.trainer, training.plans, seed, epochs,
-                                    pretrained and str(pretrained), device.type, str(log), str(record)))
-    process.start()
-    process.join()
+    with training_lock(record.with_suffix(".lock"), training.slug, seed):
+        if (model_folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file() and record.is_file():
+            return json.loads(record.read_text())
+        say(f"seed {seed}: nnUNetv2_train {training.dataset} {CONFIGURATION} {FOLD} -tr {training.trainer} "
+            f"-p {training.plans}" + (f" -pretrained_weights {pretrained}" if pretrained else "")
+            + (f" ({epochs} epochs)" if epochs else ""))
+        os.environ["nnUNet_results"] = str(model_folder.parents[1])  # the spawned process inherits it
+        os.makedirs(os.environ["nnUNet_results"], exist_ok=True)
+        log = logs / f"train_seed{seed}_{training.slug}.log"
+        process = multiprocessing.get_context("spawn").Process(
+            target=train_process, args=(training.dataset, training.trainer, training.plans, seed, epochs,
+                                        pretrained and str(pretrained), device.type, str(log), str(record)))
+        process.start()
+        process.join()
     if process.exitcode != 0:
         sys.exit(f"training {training.slug} (seed {seed}) failed with exit code {process.exitcode}; see {log}")
     result = json.loads(record.read_text())
     say(f"  {result['iterations']} iterations, {result['seconds']:.0f} s of training (a step "
         f"{result['seconds_per_iteration'] or float('nan'):.2f} s)")
     return result
+
+
+@contextmanager
+def training_lock(path: Path, slug: str, seed: int) -> Iterator[None]:
+    """Hold ``path`` (an OS file lock, released when the process ends) or exit: two benchmark runs on one work
+    folder would otherwise train the same model into the same folder at once."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        sys.exit(f"another process is training {slug} (seed {seed}): {path} is locked. Wait for it to end, or "
+                 f"give this run another --work folder")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def equal_time_epochs(weak_mamba: dict[str, Any], baseline: dict[str, Any]) -> int:
