@@ -408,10 +408,10 @@ def train_process(dataset: str, trainer_name: str, plans: str, seed: int, epochs
 def run_training(training: Any, seed: int, seed_folder: Path, logs: Path, device: torch.device, say: Say,
                  epochs: int | None = None, pretrained: Path | None = None) -> dict[str, Any]:
     """Train unless checkpoint_final.pth exists, holding a lock beside the record that makes a second run on the same
-    work folder stop instead of training the same model at once; returns the cost record (iterations, training wall-clock seconds,
-    median seconds of a training step, parameters), kept in ``seed_folder/training``. ``training`` names its
-    ``dataset``, ``trainer``, ``plans``, ``slug`` and ``model_folder(seed_folder)`` (this module's Training and
-    acdc_dense.py's)."""
+    work folder stop instead of training the same model at once; returns the cost record (iterations, training
+    wall-clock seconds, median seconds of a training step, parameters), kept in ``seed_folder/training``.
+    ``training`` names its ``dataset``, ``trainer``, ``plans``, ``slug`` and ``model_folder(seed_folder)`` (this
+    module's Training and acdc_dense.py's)."""
     record = seed_folder / "training" / f"{training.slug}.json"
     model_folder = training.model_folder(seed_folder)
     record.parent.mkdir(parents=True, exist_ok=True)

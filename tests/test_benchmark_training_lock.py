@@ -58,4 +58,3 @@ def test_a_finished_training_is_reused_and_its_lock_released(tmp_path, run_train
     assert said == []  # nothing trained
     with FileLock(tmp_path / "training" / f"{training.slug}.lock", timeout=0):  # released: no Timeout
         pass
-
