@@ -39,7 +39,11 @@ class nnUNetTrainerDAE_acdc_cpu(ShortSchedule, nnUNetTrainerDAE):
 
 
 class nnUNetTrainerConsistency_acdc_cpu(ShortSchedule, nnUNetTrainerConsistency):
+    """Stage 2 ramps the consistency weight up over all its iterations: over U-Mamba2-SSL's first 20 % the full
+    weight arrives before the supervised batches have found RV and MYO, and holds them at background."""
+
     schedule = CPU_CONSISTENCY
+    consistency_rampup = 1.0
 
 
 class nnUNetTrainerPseudoLabel_acdc_cpu(ShortSchedule, nnUNetTrainerPseudoLabel):
