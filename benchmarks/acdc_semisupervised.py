@@ -2,7 +2,10 @@
 protocol (acdc_scribble.py).
 
 One command, resumable: a re-run skips the conversion, the preprocessing, every training whose checkpoint_final.pth
-exists (an interrupted one resumes from its latest checkpoint) and every evaluation whose JSON exists.
+exists (an interrupted one resumes from its latest checkpoint) and every evaluation whose JSON exists. ``--rows``
+re-measures only the rows a change touches (e.g. ``consistency recipe`` after a change to stage 2); the others'
+per-seed numbers come from the earlier run's JSON (``--reuse``), which must match the budget, seeds, scored split
+and labelled settings; the table names each row's date.
 
 1. Data: the WSL4MIS HDF5 volumes (``--data``) converted once by ``convert_h5 --mode 2d`` with ``--splits`` (default
    the folder's ``splits_heldout.json``: train 60 / val 10 / test 10 patients). Per labelled setting N of
@@ -40,6 +43,7 @@ evaluations in ``<on>/seed<N>/``; logs in ``<work>/logs``.
 
     python benchmarks/acdc_semisupervised.py --budget cpu [--labelled 3 7] [--seeds 0 1] [--on test|val]
         [--data DIR] [--splits FILE] [--work DIR] [--patients N] [--processes 2] [--device auto]
+        [--rows supervised dae-supervised consistency recipe] [--reuse EARLIER.json]
 """
 
 from __future__ import annotations
@@ -150,10 +154,15 @@ def prepare(source: dict[str, Any], work: Path, settings: dict[int, list[str]], 
 # --------------------------------------------------------------------------------------------------------- rows
 
 class Row(NamedTuple):
-    """One row of the table: the trainings that make its model, in order (the last one is predicted)."""
+    """One row of the table: its ``--rows`` key, its name and the trainings that make its model, in order (the last
+    one is predicted)."""
 
+    key: str
     name: str
     chain: tuple[Training, ...]
+
+
+ROW_KEYS = ("supervised", "dae-supervised", "consistency", "recipe")
 
 
 def rows(budget: str, plans: str, dataset: str) -> list[Row]:
@@ -163,10 +172,46 @@ def rows(budget: str, plans: str, dataset: str) -> list[Row]:
 
     dae = training("DAE")
     consistency = training("Consistency", pretrained=dae)
-    return [Row("supervised only", (training("Supervised"),)),
-            Row("DAE -> supervised", (dae, training("Supervised", results="nnUNet_results_dae_init", pretrained=dae))),
-            Row("DAE -> consistency (stage 2)", (dae, consistency)),
-            Row("full recipe: DAE -> consistency -> pseudo labels", (dae, consistency, training("PseudoLabel")))]
+    supervised_from_dae = training("Supervised", results="nnUNet_results_dae_init", pretrained=dae)
+    return [Row("supervised", "supervised only", (training("Supervised"),)),
+            Row("dae-supervised", "DAE -> supervised", (dae, supervised_from_dae)),
+            Row("consistency", "DAE -> consistency (stage 2)", (dae, consistency)),
+            Row("recipe", "full recipe: DAE -> consistency -> pseudo labels", (dae, consistency,
+                                                                               training("PseudoLabel")))]
+
+
+def earlier_run(path: Path | None, left_out: list[str], budget: str, seeds: list[int], on: str,
+                labelled: dict[int, list[str]]) -> dict[str, Any] | None:
+    """The ``--reuse`` JSON whose numbers fill the rows ``--rows`` leaves out, checked to be the same measurement:
+    budget, schedules, seeds, scored split and labelled patients (an error names what differs). For re-measuring
+    only the rows a change touches; the caller vouches that the left-out rows' trainers did not change."""
+    if not left_out:
+        return None
+    if path is None:
+        raise SystemExit(f"--rows leaves out {', '.join(left_out)}: name the earlier run that measured them with "
+                         f"--reuse <its acdc_semisupervised_{budget}_{on}.json>")
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--reuse {path}: cannot read it as JSON ({e})") from e
+    schedules = json.loads(json.dumps({stage: s._asdict() for stage, s in trainer_schedules(budget).items()}))
+    expected = {"budget": describe(budget), "schedules": schedules, "seeds": seeds, "on": on,
+                "labelled settings": sorted(str(n) for n in labelled)}
+    found = {**{key: earlier.get(key) for key in expected}, "labelled settings": sorted(earlier.get("settings", {}))}
+    for key, value in expected.items():
+        if found[key] != value:
+            raise SystemExit(f"--reuse {path}: its {key} {found[key]!r} differ from this run's {value!r}")
+    for n, patients in labelled.items():
+        setting = earlier["settings"][str(n)]
+        if setting["labelled patients"] != patients:
+            raise SystemExit(f"--reuse {path}: its {n} labelled patients {setting['labelled patients']} differ from "
+                             f"this run's {patients}")
+    return earlier
+
+
+def measured_on(earlier: dict[str, Any], name: str) -> str:
+    """When an earlier run measured row ``name`` (itself possibly reusing an older one)."""
+    return earlier.get("measured", {}).get(name, earlier["machine"]["date"])
 
 
 def predict_and_evaluate(row: Row, seed_folder: Path, images: list[Path], labels: Path, folder: Path,
@@ -240,9 +285,13 @@ def tables(payload: dict[str, Any]) -> str:
     gain_rows = [{"labelled patients": labelled, "stage": g["stage"], "gain in mean Dice": cell(g["gain"], 3)}
                  for labelled, setting in payload["settings"].items() for g in setting["gains"]]
     checks = [{k: round(v, 3) if isinstance(v, float) else v for k, v in c.items()} for c in payload["targets"]]
+    dates = payload.get("measured", {})
+    provenance = "" if len(set(dates.values())) < 2 else (
+        "\n\nRows measured by different runs of this benchmark (``--rows``, the others ``--reuse``d, their trainers "
+        "unchanged): " + "; ".join(f"{name} {date}" for name, date in dates.items()) + ".")
     return (format_table(results, list(results[0])) + "\n\nGain of each stage (per-seed differences):\n\n"
             + format_table(gain_rows, list(gain_rows[0])) + "\n\nTarget (mean per-volume Dice over seeds):\n\n"
-            + format_table(checks, ["target", "full recipe", "supervised only", "verdict"]))
+            + format_table(checks, ["target", "full recipe", "supervised only", "verdict"]) + provenance)
 
 
 def main() -> None:
@@ -250,6 +299,11 @@ def main() -> None:
     add_arguments(parser, DEFAULT_WORK)
     parser.add_argument("--labelled", type=int, nargs="+", default=[3, 7],
                         help="labelled train patients, one setting each (default: %(default)s)")
+    parser.add_argument("--rows", nargs="+", choices=ROW_KEYS, default=list(ROW_KEYS),
+                        help="the rows to train and score (default: all); the others' numbers come from --reuse")
+    parser.add_argument("--reuse", type=Path,
+                        help="an earlier run's JSON (same budget, seeds, --on and labelled settings) for the rows "
+                             "--rows leaves out: re-measures only the rows a change touches")
     args = parser.parse_args()
     run = start(args, describe(args.budget))
     import torch
@@ -261,6 +315,8 @@ def main() -> None:
     splits_file = args.splits or args.data / DEFAULT_SPLITS
     source = conversion_source(args.data, splits_file, args.patients)
     labelled = {n: choose_labelled(source["splits"]["train"], n) for n in sorted(set(args.labelled))}
+    left_out = [key for key in ROW_KEYS if key not in args.rows]
+    earlier = earlier_run(args.reuse, left_out, args.budget, args.seeds, args.on, labelled)
     preparation = prepare(source, run.work, labelled, args.processes, run.say)
     settings: dict[str, dict] = {}
     curves: dict[str, dict[str, list[float]]] = {}
@@ -268,21 +324,24 @@ def main() -> None:
         dataset = dataset_name(n)
         table = rows(args.budget, write_network_plans(dataset, BUDGETS[args.budget], ARCHITECTURE), dataset)
         images, labels = scored_set(args.on, run.work, dataset)
-        per_seed: dict[str, list[dict]] = {row.name: [] for row in table}
+        measured = [row for row in table if row.key in args.rows]
+        per_seed: dict[str, list[dict]] = {row.name: [] if row in measured else
+                                           earlier["settings"][str(n)]["per_seed"][row.name] for row in table}
         for seed in args.seeds:
             seed_folder, scored = run.folder / f"seed{seed}", run.folder / args.on / f"seed{seed}" / f"{n}L"
             timings = {t: train(t, seed, seed_folder, run.logs, run.device, run.say)
-                       for t in dict.fromkeys(t for row in table for t in row.chain)}
+                       for t in dict.fromkeys(t for row in measured for t in row.chain)}
             results = {row.name: predict_and_evaluate(row, seed_folder, images, labels, scored,
                                                       run.logs / f"predict_seed{seed}_{n}L.log", run.device, run.say)
-                       for row in table}
-            for name, values in seed_rows(table, results, timings).items():
+                       for row in measured}
+            for name, values in seed_rows(measured, results, timings).items():
                 per_seed[name].append(values)
         names = [row.name for row in table]
         settings[str(n)] = {"labelled patients": labelled[n], "dataset": dataset, "plans": table[0].chain[0].plans,
                             "summaries": {name: summarise(values) for name, values in per_seed.items()},
                             "per_seed": per_seed, "gains": gains(per_seed, names)}
-        curves = {row.name: segmentation_curves(row, run.folder / f"seed{args.seeds[0]}") for row in table}
+        curves = {row.name: segmentation_curves(row, run.folder / f"seed{args.seeds[0]}") if row in measured else
+                  earlier["curves_first_seed"][row.name] for row in table}
 
     results = [{"labelled": n, "method": name, **{key: cell(summary, COLUMN_DIGITS.get(key, 3))
                                                   for key, summary in setting["summaries"][name].items()}}
@@ -290,11 +349,14 @@ def main() -> None:
     checks = targets(settings, len(args.seeds), args.on)
     name = f"acdc_semisupervised_{args.budget}_{args.on}"
     scored_patients = sorted({case_name(image).split("_frame")[0] for image in images})
+    machine = machine_info(torch.get_num_threads())
+    measured_dates = {row.name: machine["date"] if row in measured else measured_on(earlier, row.name)
+                      for row in table}
     payload = {"budget": describe(args.budget), "seeds": args.seeds, "splits": str(splits_file), "on": args.on,
                "scored patients": scored_patients, "slices": len(images), "checkpoint": CHECKPOINT,
                "schedules": {stage: s._asdict() for stage, s in trainer_schedules(args.budget).items()},
-               "preparation_seconds": preparation, "machine": machine_info(torch.get_num_threads()),
-               "results": results, "settings": settings, "targets": checks, "curves_first_seed": curves}
+               "preparation_seconds": preparation, "machine": machine,
+               "measured": measured_dates, "results": results, "settings": settings, "targets": checks, "curves_first_seed": curves}
     markdown = (f"{describe(args.budget)}\n\nScored per volume on the {args.on} patients "
                 f"({', '.join(scored_patients)}; {len(images)} 2D slices stacked into volumes at the converter's "
                 f"spacing), predicted with {CHECKPOINT} (selected on the val patients); mean ± sd over seeds "

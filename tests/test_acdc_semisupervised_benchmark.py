@@ -2,7 +2,8 @@
 splits_heldout.json, one of the two train patients labelled), so that the benchmark cannot rot: every stage of the
 recipe trains (the DAE's weights start the fine-tuning and stage 2, stage 3 continues stage 2), every row is scored
 per volume on the test patients and lands in the table, the JSON (which the docs renderer reads through ``tables``)
-and the plot; a second run resumes, i.e. trains and predicts nothing again."""
+and the plot; a second run resumes, i.e. trains and predicts nothing again; ``--rows`` re-measures some rows and takes
+the others from an earlier run's JSON, which must be the same measurement."""
 
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ import math
 import pytest
 from helpers.benchmark_scripts import BENCHMARKS, run_script
 
-pytestmark = [pytest.mark.slow, pytest.mark.acdc]
-
 ROWS = ["supervised only", "DAE -> supervised", "DAE -> consistency (stage 2)",
         "full recipe: DAE -> consistency -> pseudo labels"]
 
 
-def test_labelled_patients_spread_over_the_pathology_groups(monkeypatch):
+@pytest.fixture
+def semisupervised(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
-    from acdc_semisupervised import choose_labelled
+    import acdc_semisupervised
+
+    return acdc_semisupervised
+
+
+def test_labelled_patients_spread_over_the_pathology_groups(semisupervised):
+    choose_labelled = semisupervised.choose_labelled
 
     train = [f"patient{i:03d}" for i in range(1, 61)]
     assert choose_labelled(train, 3) == ["patient011", "patient031", "patient051"]
@@ -29,6 +35,39 @@ def test_labelled_patients_spread_over_the_pathology_groups(monkeypatch):
         choose_labelled(train, 60)
 
 
+def test_reused_rows_must_come_from_the_same_measurement(semisupervised, tmp_path):
+    labelled = {7: ["patient010", "patient023"]}
+    schedules = {stage: s._asdict() for stage, s in semisupervised.trainer_schedules("cpu").items()}
+    earlier = {"budget": semisupervised.describe("cpu"), "schedules": schedules, "seeds": [0, 1], "on": "test",
+               "settings": {"7": {"labelled patients": labelled[7]}}}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+
+    def reuse(file=path, seeds=(0, 1), on="test", patients=labelled):
+        return semisupervised.earlier_run(file, ["supervised"], "cpu", list(seeds), on, patients)
+
+    assert reuse() == earlier
+    assert semisupervised.earlier_run(None, [], "cpu", [0], "test", labelled) is None
+    with pytest.raises(SystemExit, match="leaves out supervised: name the earlier run"):
+        reuse(file=None)
+    with pytest.raises(SystemExit, match=r"its seeds \[0, 1\] differ from this run's \[0\]"):
+        reuse(seeds=[0])
+    with pytest.raises(SystemExit, match="its on 'test' differ from this run's 'val'"):
+        reuse(on="val")
+    with pytest.raises(SystemExit, match=r"its labelled settings \['7'\] differ from this run's \['3'\]"):
+        reuse(patients={3: labelled[7]})
+    with pytest.raises(SystemExit, match=r"its 7 labelled patients .* differ from this run's \['patient011'"):
+        reuse(patients={7: ["patient011", "patient023"]})
+    path.write_text(json.dumps({**earlier, "schedules": {**schedules, "DAE": {}}}))
+    with pytest.raises(SystemExit, match="its schedules"):
+        reuse()
+    path.write_text("{")
+    with pytest.raises(SystemExit, match=f"--reuse {path}: cannot read it as JSON"):
+        reuse()
+
+
+@pytest.mark.slow
+@pytest.mark.acdc
 def test_smoke_budget_reports_every_row_and_resumes(acdc_dir, tmp_path, monkeypatch):
     work = tmp_path / "work"
     arguments = ["--budget", "smoke", "--labelled", "1", "--patients", "2", "--seeds", "0", "--processes", "1",
@@ -70,3 +109,18 @@ def test_smoke_budget_reports_every_row_and_resumes(acdc_dir, tmp_path, monkeypa
     assert "nnUNetv2_train" not in second and "nnUNetv2_predict" not in second and "convert ..." not in second
     again = json.loads((work / "smoke" / "acdc_semisupervised_smoke_test.json").read_text())
     assert again["settings"]["1"]["per_seed"] == setting["per_seed"]
+
+    # Re-measure stages 2 and 3 only: the supervised rows (their evaluations gone) come from the first run's JSON.
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps(payload))
+    evaluations = work / "smoke" / "test" / "seed0" / "1L" / "evaluations"
+    for slug in ("supervised_only", "DAE____supervised"):
+        (evaluations / f"{slug}.json").unlink()
+    third = run_script("acdc_semisupervised", arguments + ["--rows", "consistency", "recipe", "--reuse", str(earlier)])
+    assert "nnUNetv2_train" not in third and "nnUNetv2_predict" not in third
+    assert not (evaluations / "supervised_only.json").exists()
+    reused = json.loads((work / "smoke" / "acdc_semisupervised_smoke_test.json").read_text())
+    assert reused["settings"]["1"]["per_seed"] == setting["per_seed"]
+    assert reused["curves_first_seed"] == payload["curves_first_seed"]
+    assert {reused["measured"][name] for name in ROWS[:2]} == {payload["machine"]["date"]}
+    assert {reused["measured"][name] for name in ROWS[2:]} == {reused["machine"]["date"]}
