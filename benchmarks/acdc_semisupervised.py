@@ -2,10 +2,11 @@
 protocol (acdc_scribble.py).
 
 One command, resumable: a re-run skips the conversion, the preprocessing, every training whose checkpoint_final.pth
-exists (an interrupted one resumes from its latest checkpoint) and every evaluation whose JSON exists. ``--rows``
-re-measures only the rows a change touches (e.g. ``consistency recipe`` after a change to stage 2); the others'
-per-seed numbers come from the earlier run's JSON (``--reuse``), which must match the budget, seeds, scored split
-and labelled settings; the table names each row's date.
+exists (an interrupted one resumes from its latest checkpoint) and every evaluation whose JSON exists. A table
+can also grow over several runs (a work folder that does not outlive its machine): ``--rows`` trains and scores
+only some rows (e.g. ``consistency recipe`` after a change to stage 2), and ``--reuse`` adds an earlier run's rows
+and labelled settings that this run does not measure, from its JSON, which must match the budget, schedules, seeds
+and scored patients; the table then names each row's date.
 
 1. Data: the WSL4MIS HDF5 volumes (``--data``) converted once by ``convert_h5 --mode 2d`` with ``--splits`` (default
    the folder's ``splits_heldout.json``: train 60 / val 10 / test 10 patients). Per labelled setting N of
@@ -163,6 +164,7 @@ class Row(NamedTuple):
 
 
 ROW_KEYS = ("supervised", "dae-supervised", "consistency", "recipe")
+SUPERVISED, RECIPE = "supervised only", "full recipe: DAE -> consistency -> pseudo labels"
 
 
 def rows(budget: str, plans: str, dataset: str) -> list[Row]:
@@ -173,45 +175,48 @@ def rows(budget: str, plans: str, dataset: str) -> list[Row]:
     dae = training("DAE")
     consistency = training("Consistency", pretrained=dae)
     supervised_from_dae = training("Supervised", results="nnUNet_results_dae_init", pretrained=dae)
-    return [Row("supervised", "supervised only", (training("Supervised"),)),
+    return [Row("supervised", SUPERVISED, (training("Supervised"),)),
             Row("dae-supervised", "DAE -> supervised", (dae, supervised_from_dae)),
             Row("consistency", "DAE -> consistency (stage 2)", (dae, consistency)),
-            Row("recipe", "full recipe: DAE -> consistency -> pseudo labels", (dae, consistency,
-                                                                               training("PseudoLabel")))]
+            Row("recipe", RECIPE, (dae, consistency, training("PseudoLabel")))]
 
 
-def earlier_run(path: Path | None, left_out: list[str], budget: str, seeds: list[int], on: str,
+def earlier_run(path: Path | None, budget: str, seeds: list[int], on: str, scored: list[str],
                 labelled: dict[int, list[str]]) -> dict[str, Any] | None:
-    """The ``--reuse`` JSON whose numbers fill the rows ``--rows`` leaves out, checked to be the same measurement:
-    budget, schedules, seeds, scored split and labelled patients (an error names what differs). For re-measuring
-    only the rows a change touches; the caller vouches that the left-out rows' trainers did not change."""
-    if not left_out:
-        return None
+    """The ``--reuse`` JSON, checked to be the same measurement: budget, schedules, seeds, scored patients and, for
+    the settings both runs have, labelled patients (an error names what differs). Whoever reuses it vouches that
+    the trainers of the rows not measured again did not change."""
     if path is None:
-        raise SystemExit(f"--rows leaves out {', '.join(left_out)}: name the earlier run that measured them with "
-                         f"--reuse <its acdc_semisupervised_{budget}_{on}.json>")
+        return None
     try:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"--reuse {path}: cannot read it as JSON ({e})") from e
     schedules = json.loads(json.dumps({stage: s._asdict() for stage, s in trainer_schedules(budget).items()}))
     expected = {"budget": describe(budget), "schedules": schedules, "seeds": seeds, "on": on,
-                "labelled settings": sorted(str(n) for n in labelled)}
-    found = {**{key: earlier.get(key) for key in expected}, "labelled settings": sorted(earlier.get("settings", {}))}
+                "scored patients": scored}
     for key, value in expected.items():
-        if found[key] != value:
-            raise SystemExit(f"--reuse {path}: its {key} {found[key]!r} differ from this run's {value!r}")
+        if earlier.get(key) != value:
+            raise SystemExit(f"--reuse {path}: its {key} {earlier.get(key)!r} differ from this run's {value!r}")
     for n, patients in labelled.items():
-        setting = earlier["settings"][str(n)]
-        if setting["labelled patients"] != patients:
+        setting = earlier["settings"].get(str(n))
+        if setting is not None and setting["labelled patients"] != patients:
             raise SystemExit(f"--reuse {path}: its {n} labelled patients {setting['labelled patients']} differ from "
                              f"this run's {patients}")
     return earlier
 
 
-def measured_on(earlier: dict[str, Any], name: str) -> str:
-    """When an earlier run measured row ``name`` (itself possibly reusing an older one)."""
-    return earlier.get("measured", {}).get(name, earlier["machine"]["date"])
+def measured_on(earlier: dict[str, Any], labelled: str, name: str) -> str:
+    """When the earlier run's row ``name`` of a labelled setting was measured (that run may have reused it too)."""
+    return earlier.get("measured", {}).get(labelled, {}).get(name, earlier["machine"]["date"])
+
+
+def earlier_curves(earlier: dict[str, Any] | None, labelled: int) -> dict[str, dict]:
+    """The earlier run's first-seed curves if they are the ``labelled`` setting's (a run keeps its largest's)."""
+    if earlier is None:
+        return {}
+    setting = earlier.get("curves_setting", max(map(int, earlier["settings"])))
+    return earlier["curves_first_seed"] if setting == labelled else {}
 
 
 def predict_and_evaluate(row: Row, seed_folder: Path, images: list[Path], labels: Path, folder: Path,
@@ -259,7 +264,7 @@ def gains(per_seed: dict[str, list[dict]], names: list[str]) -> list[dict[str, A
              ("pseudo labels (stage 3)", names[3], names[2]), ("full recipe over supervised only", names[3], names[0])]
     return [{"stage": stage, "gain": mean_sd([a["mean Dice"] - b["mean Dice"]
                                               for a, b in zip(per_seed[row], per_seed[before])])}
-            for stage, row, before in pairs]
+            for stage, row, before in pairs if row in per_seed and before in per_seed]
 
 
 def targets(settings: dict[str, dict], seeds: int, scored: str) -> list[dict[str, Any]]:
@@ -269,8 +274,10 @@ def targets(settings: dict[str, dict], seeds: int, scored: str) -> list[dict[str
     if setting is None:
         return [{"target": name, "verdict": f"not run (--labelled without {TARGET_LABELLED})"}]
     summaries = setting["summaries"]
-    recipe = summaries["full recipe: DAE -> consistency -> pseudo labels"]["mean Dice"]["mean"]
-    supervised = summaries["supervised only"]["mean Dice"]["mean"]
+    missing = [row for row in (SUPERVISED, RECIPE) if row not in summaries]
+    if missing:
+        return [{"target": name, "verdict": f"not run (no row {' and '.join(missing)})"}]
+    recipe, supervised = (summaries[row]["mean Dice"]["mean"] for row in (RECIPE, SUPERVISED))
     return [{"target": name, "full recipe": recipe, "supervised only": supervised,
              "verdict": verdict(recipe >= supervised + TARGET_GAIN, seeds, scored)}]
 
@@ -285,12 +292,14 @@ def tables(payload: dict[str, Any]) -> str:
     gain_rows = [{"labelled patients": labelled, "stage": g["stage"], "gain in mean Dice": cell(g["gain"], 3)}
                  for labelled, setting in payload["settings"].items() for g in setting["gains"]]
     checks = [{k: round(v, 3) if isinstance(v, float) else v for k, v in c.items()} for c in payload["targets"]]
-    dates = payload.get("measured", {})
+    dates = {(labelled, name): date for labelled, setting in payload.get("measured", {}).items()
+             for name, date in setting.items()}
     provenance = "" if len(set(dates.values())) < 2 else (
-        "\n\nRows measured by different runs of this benchmark (``--rows``, the others ``--reuse``d, their trainers "
-        "unchanged): " + "; ".join(f"{name} {date}" for name, date in dates.items()) + ".")
-    return (format_table(results, list(results[0])) + "\n\nGain of each stage (per-seed differences):\n\n"
-            + format_table(gain_rows, list(gain_rows[0])) + "\n\nTarget (mean per-volume Dice over seeds):\n\n"
+        "\n\nMeasured by different runs of this benchmark (``--rows`` / ``--reuse``; the trainers unchanged): "
+        + "; ".join(f"{labelled} labelled, {name}: {date}" for (labelled, name), date in dates.items()) + ".")
+    gain_table = "" if not gain_rows else ("\n\nGain of each stage (per-seed differences):\n\n"
+                                           + format_table(gain_rows, list(gain_rows[0])))
+    return (format_table(results, list(results[0])) + gain_table + "\n\nTarget (mean per-volume Dice over seeds):\n\n"
             + format_table(checks, ["target", "full recipe", "supervised only", "verdict"]) + provenance)
 
 
@@ -300,10 +309,10 @@ def main() -> None:
     parser.add_argument("--labelled", type=int, nargs="+", default=[3, 7],
                         help="labelled train patients, one setting each (default: %(default)s)")
     parser.add_argument("--rows", nargs="+", choices=ROW_KEYS, default=list(ROW_KEYS),
-                        help="the rows to train and score (default: all); the others' numbers come from --reuse")
+                        help="the rows to train and score (default: all)")
     parser.add_argument("--reuse", type=Path,
-                        help="an earlier run's JSON (same budget, seeds, --on and labelled settings) for the rows "
-                             "--rows leaves out: re-measures only the rows a change touches")
+                        help="an earlier run's JSON (same budget, seeds and scored patients): its rows outside "
+                             "--rows and its settings outside --labelled join this run's table")
     args = parser.parse_args()
     run = start(args, describe(args.budget))
     import torch
@@ -315,18 +324,21 @@ def main() -> None:
     splits_file = args.splits or args.data / DEFAULT_SPLITS
     source = conversion_source(args.data, splits_file, args.patients)
     labelled = {n: choose_labelled(source["splits"]["train"], n) for n in sorted(set(args.labelled))}
-    left_out = [key for key in ROW_KEYS if key not in args.rows]
-    earlier = earlier_run(args.reuse, left_out, args.budget, args.seeds, args.on, labelled)
+    earlier = earlier_run(args.reuse, args.budget, args.seeds, args.on, source["splits"][args.on], labelled)
+    reused_settings = earlier["settings"] if earlier else {}
     preparation = prepare(source, run.work, labelled, args.processes, run.say)
+    machine = machine_info(torch.get_num_threads())
     settings: dict[str, dict] = {}
-    curves: dict[str, dict[str, list[float]]] = {}
+    dates: dict[str, dict[str, str]] = {}
+    curves: dict[int, dict[str, dict]] = {}
     for n in labelled:
         dataset = dataset_name(n)
         table = rows(args.budget, write_network_plans(dataset, BUDGETS[args.budget], ARCHITECTURE), dataset)
         images, labels = scored_set(args.on, run.work, dataset)
+        reused = reused_settings.get(str(n), {}).get("per_seed", {})
         measured = [row for row in table if row.key in args.rows]
-        per_seed: dict[str, list[dict]] = {row.name: [] if row in measured else
-                                           earlier["settings"][str(n)]["per_seed"][row.name] for row in table}
+        present = [row for row in table if row in measured or row.name in reused]
+        per_seed: dict[str, list[dict]] = {row.name: [] if row in measured else reused[row.name] for row in present}
         for seed in args.seeds:
             seed_folder, scored = run.folder / f"seed{seed}", run.folder / args.on / f"seed{seed}" / f"{n}L"
             timings = {t: train(t, seed, seed_folder, run.logs, run.device, run.say)
@@ -336,40 +348,47 @@ def main() -> None:
                        for row in measured}
             for name, values in seed_rows(measured, results, timings).items():
                 per_seed[name].append(values)
-        names = [row.name for row in table]
         settings[str(n)] = {"labelled patients": labelled[n], "dataset": dataset, "plans": table[0].chain[0].plans,
                             "summaries": {name: summarise(values) for name, values in per_seed.items()},
-                            "per_seed": per_seed, "gains": gains(per_seed, names)}
-        curves = {row.name: segmentation_curves(row, run.folder / f"seed{args.seeds[0]}") if row in measured else
-                  earlier["curves_first_seed"][row.name] for row in table}
+                            "per_seed": per_seed, "gains": gains(per_seed, [row.name for row in table])}
+        dates[str(n)] = {row.name: machine["date"] if row in measured else measured_on(earlier, str(n), row.name)
+                         for row in present}
+        reused_curves = earlier_curves(earlier, n)
+        curves[n] = {row.name: segmentation_curves(row, run.folder / f"seed{args.seeds[0]}") if row in measured
+                     else reused_curves[row.name] for row in present if row in measured or row.name in reused_curves}
+    for n, setting in reused_settings.items():
+        if int(n) not in labelled:
+            settings[n], curves[int(n)] = setting, earlier_curves(earlier, int(n))
+            dates[n] = {name: measured_on(earlier, n, name) for name in setting["per_seed"]}
+    settings = dict(sorted(settings.items(), key=lambda item: int(item[0])))
+    curves_setting = max(curves, key=lambda n: (bool(curves[n]), n))  # the largest setting with curves
 
     results = [{"labelled": n, "method": name, **{key: cell(summary, COLUMN_DIGITS.get(key, 3))
-                                                  for key, summary in setting["summaries"][name].items()}}
-               for n, setting in settings.items() for name in names]
+                                                  for key, summary in summaries.items()}}
+               for n, setting in settings.items() for name, summaries in setting["summaries"].items()]
     checks = targets(settings, len(args.seeds), args.on)
     name = f"acdc_semisupervised_{args.budget}_{args.on}"
     scored_patients = sorted({case_name(image).split("_frame")[0] for image in images})
-    machine = machine_info(torch.get_num_threads())
-    measured_dates = {row.name: machine["date"] if row in measured else measured_on(earlier, row.name)
-                      for row in table}
     payload = {"budget": describe(args.budget), "seeds": args.seeds, "splits": str(splits_file), "on": args.on,
                "scored patients": scored_patients, "slices": len(images), "checkpoint": CHECKPOINT,
                "schedules": {stage: s._asdict() for stage, s in trainer_schedules(args.budget).items()},
-               "preparation_seconds": preparation, "machine": machine,
-               "measured": measured_dates, "results": results, "settings": settings, "targets": checks, "curves_first_seed": curves}
+               "preparation_seconds": preparation, "machine": machine, "measured": dates, "results": results,
+               "settings": settings, "targets": checks, "curves_setting": curves_setting,
+               "curves_first_seed": curves[curves_setting]}
     markdown = (f"{describe(args.budget)}\n\nScored per volume on the {args.on} patients "
                 f"({', '.join(scored_patients)}; {len(images)} 2D slices stacked into volumes at the converter's "
                 f"spacing), predicted with {CHECKPOINT} (selected on the val patients); mean ± sd over seeds "
                 f"{args.seeds}. Labelled patients per setting: "
-                + "; ".join(f"{n}: {', '.join(p)}" for n, p in labelled.items())
+                + "; ".join(f"{n}: {', '.join(s['labelled patients'])}" for n, s in settings.items())
                 + ". train s: wall-clock of the row's trainings' epochs (the DAE counted in every row it starts). "
                   "Plot: the first seed's curves are those of the largest setting, per segmentation iteration.\n\n"
                 + tables(payload))
     (run.folder / f"{name}.md").write_text(markdown + "\n")
     write_json(name, payload, run.folder)
-    plot([{"method": f"{n} labelled: {row}", **setting["summaries"][row]} for n, setting in settings.items()
-          for row in names], [c for c, value in ACDC_LABELS.items() if value], curves,
-         trainer_schedules(args.budget)["Supervised"].iterations_per_epoch, run.folder / f"{name}.png")
+    plot([{"method": f"{n} labelled: {row}", **summary} for n, setting in settings.items()
+          for row, summary in setting["summaries"].items()], [c for c, value in ACDC_LABELS.items() if value],
+         curves[curves_setting], trainer_schedules(args.budget)["Supervised"].iterations_per_epoch,
+         run.folder / f"{name}.png")
     run.say(f"\n{markdown}\n\nwrote {run.folder / name}.md, .json and .png "
             f"({time.perf_counter() - started:.0f} s this run)")
 

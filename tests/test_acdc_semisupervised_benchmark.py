@@ -35,27 +35,26 @@ def test_labelled_patients_spread_over_the_pathology_groups(semisupervised):
         choose_labelled(train, 60)
 
 
-def test_reused_rows_must_come_from_the_same_measurement(semisupervised, tmp_path):
+def test_reused_runs_must_be_the_same_measurement(semisupervised, tmp_path):
     labelled = {7: ["patient010", "patient023"]}
     schedules = {stage: s._asdict() for stage, s in semisupervised.trainer_schedules("cpu").items()}
     earlier = {"budget": semisupervised.describe("cpu"), "schedules": schedules, "seeds": [0, 1], "on": "test",
-               "settings": {"7": {"labelled patients": labelled[7]}}}
+               "scored patients": ["patient005"], "settings": {"7": {"labelled patients": labelled[7]}}}
     path = tmp_path / "earlier.json"
     path.write_text(json.dumps(earlier))
 
-    def reuse(file=path, seeds=(0, 1), on="test", patients=labelled):
-        return semisupervised.earlier_run(file, ["supervised"], "cpu", list(seeds), on, patients)
+    def reuse(file=path, seeds=(0, 1), on="test", scored=("patient005",), patients=labelled):
+        return semisupervised.earlier_run(file, "cpu", list(seeds), on, list(scored), patients)
 
     assert reuse() == earlier
-    assert semisupervised.earlier_run(None, [], "cpu", [0], "test", labelled) is None
-    with pytest.raises(SystemExit, match="leaves out supervised: name the earlier run"):
-        reuse(file=None)
+    assert reuse(patients={3: ["patient011"]}) == earlier  # a new setting joins the earlier one
+    assert reuse(file=None) is None
     with pytest.raises(SystemExit, match=r"its seeds \[0, 1\] differ from this run's \[0\]"):
         reuse(seeds=[0])
     with pytest.raises(SystemExit, match="its on 'test' differ from this run's 'val'"):
         reuse(on="val")
-    with pytest.raises(SystemExit, match=r"its labelled settings \['7'\] differ from this run's \['3'\]"):
-        reuse(patients={3: labelled[7]})
+    with pytest.raises(SystemExit, match=r"its scored patients \['patient005'\] differ from this run's \['patient015'"):
+        reuse(scored=["patient015"])
     with pytest.raises(SystemExit, match=r"its 7 labelled patients .* differ from this run's \['patient011'"):
         reuse(patients={7: ["patient011", "patient023"]})
     path.write_text(json.dumps({**earlier, "schedules": {**schedules, "DAE": {}}}))
@@ -110,9 +109,11 @@ def test_smoke_budget_reports_every_row_and_resumes(acdc_dir, tmp_path, monkeypa
     again = json.loads((work / "smoke" / "acdc_semisupervised_smoke_test.json").read_text())
     assert again["settings"]["1"]["per_seed"] == setting["per_seed"]
 
-    # Re-measure stages 2 and 3 only: the supervised rows (their evaluations gone) come from the first run's JSON.
+    # Re-measure stages 2 and 3 only: the supervised rows (their evaluations gone) come from the first run's JSON,
+    # and so does a labelled setting this run does not have.
     earlier = tmp_path / "earlier.json"
-    earlier.write_text(json.dumps(payload))
+    other = {**setting, "labelled patients": ["patient999"]}
+    earlier.write_text(json.dumps({**payload, "settings": {"5": other, **payload["settings"]}}))
     evaluations = work / "smoke" / "test" / "seed0" / "1L" / "evaluations"
     for slug in ("supervised_only", "DAE____supervised"):
         (evaluations / f"{slug}.json").unlink()
@@ -120,7 +121,10 @@ def test_smoke_budget_reports_every_row_and_resumes(acdc_dir, tmp_path, monkeypa
     assert "nnUNetv2_train" not in third and "nnUNetv2_predict" not in third
     assert not (evaluations / "supervised_only.json").exists()
     reused = json.loads((work / "smoke" / "acdc_semisupervised_smoke_test.json").read_text())
-    assert reused["settings"]["1"]["per_seed"] == setting["per_seed"]
-    assert reused["curves_first_seed"] == payload["curves_first_seed"]
-    assert {reused["measured"][name] for name in ROWS[:2]} == {payload["machine"]["date"]}
-    assert {reused["measured"][name] for name in ROWS[2:]} == {reused["machine"]["date"]}
+    assert reused["settings"]["1"]["per_seed"] == setting["per_seed"] and reused["settings"]["5"] == other
+    assert [(row["labelled"], row["method"]) for row in reused["results"]] == [(n, r) for n in "15" for r in ROWS]
+    assert reused["curves_setting"] == 1 and reused["curves_first_seed"] == payload["curves_first_seed"]
+    dates = {n: {name: reused["measured"][n][name] for name in ROWS} for n in "15"}
+    assert dates == {"1": {**{name: payload["machine"]["date"] for name in ROWS[:2]},
+                           **{name: reused["machine"]["date"] for name in ROWS[2:]}},
+                     "5": {name: payload["machine"]["date"] for name in ROWS}}
