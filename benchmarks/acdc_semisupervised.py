@@ -35,8 +35,8 @@ and scored patients; the table then names each row's date.
    supervised only + 0.03 with 7 labelled patients) is decided on test with at least two seeds.
 
 Budgets: ``smoke`` (the CI check: the ``_smoke`` trainers, 2 x 3 iterations a stage, patch 128, batch 2, features /
-16; numbers mean nothing) and ``cpu`` (about an hour per seed and labelled setting on 2 CPU cores; its iterations in
-``describe``).
+16; numbers mean nothing) and ``cpu`` (its iterations in ``describe``; on 2 CPU cores two seeds of one labelled setting,
+trained side by side, take about four hours, nearly half of it predicting the test slices for the four rows).
 
 Outputs in ``<work>/<budget>/``: ``acdc_semisupervised_<budget>_<on>.md`` (tables), ``.json`` (rows, per-seed
 numbers, training curves; ``tables(payload)`` renders it) and ``.png``; models in ``seed<N>/``, predictions and

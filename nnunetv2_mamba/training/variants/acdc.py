@@ -1,10 +1,11 @@
 """CPU schedules of the dense-label ACDC benchmarks: ``benchmarks/acdc_semisupervised.py`` (U-Mamba2-SSL's recipe
 against supervised training with 3 or 7 labelled patients) and ``benchmarks/acdc_clicks.py`` (UMambaBot2Click with
-and without clicks against UMambaBot2). ``_acdc_cpu`` fits about an hour per seed (and labelled setting) on 2 CPU
-cores at the plans of the benchmarks' ``cpu`` budget (patch 128 x 128, batch 8, features / 2). Mirroring is off, as
-in the scribble benchmark's CPU schedule: it would quadruple a CPU's prediction time, and the click benchmark
-predicts the test set seven times. Their smoke budgets use the ``_smoke`` variants of :mod:`.recipes` and
-:mod:`.mamba`, plus ``nnUNetTrainerSupervised_acdc_smoke``.
+and without clicks against UMambaBot2). On 2 CPU cores, at the plans of the benchmarks' ``cpu`` budget (patch
+128 x 128, batch 8, features / 2), the click benchmark takes about an hour per seed, the semi-supervised one about
+two per seed and labelled setting, predictions included. Mirroring is off, as in the scribble benchmark's CPU
+schedule: it would quadruple a CPU's prediction time, and the click benchmark predicts the test set seven times.
+Their smoke budgets use the ``_smoke`` variants of :mod:`.recipes` and :mod:`.mamba`, plus
+``nnUNetTrainerSupervised_acdc_smoke``.
 
 The supervised-only baseline (``nnUNetTrainerSupervised_acdc_*``) runs as many segmentation iterations as the
 recipe's consistency and pseudo-label stages together; the DAE pre-training comes on top, as in U-Mamba2-SSL.
