@@ -35,8 +35,8 @@ and scored patients; the table then names each row's date.
    supervised only + 0.03 with 7 labelled patients) is decided on test with at least two seeds.
 
 Budgets: ``smoke`` (the CI check: the ``_smoke`` trainers, 2 x 3 iterations a stage, patch 128, batch 2, features /
-16; numbers mean nothing) and ``cpu`` (its iterations in ``describe``; on 2 CPU cores two seeds of one labelled setting,
-trained side by side, take about four hours, nearly half of it predicting the test slices for the four rows).
+16; numbers mean nothing) and ``cpu`` (about two hours per seed and labelled setting on 2 CPU cores, nearly all of
+it training; its iterations in ``describe``).
 
 Outputs in ``<work>/<budget>/``: ``acdc_semisupervised_<budget>_<on>.md`` (tables), ``.json`` (rows, per-seed
 numbers, training curves; ``tables(payload)`` renders it) and ``.png``; models in ``seed<N>/``, predictions and
@@ -295,7 +295,7 @@ def tables(payload: dict[str, Any]) -> str:
     dates = {(labelled, name): date for labelled, setting in payload.get("measured", {}).items()
              for name, date in setting.items()}
     provenance = "" if len(set(dates.values())) < 2 else (
-        "\n\nMeasured by different runs of this benchmark (``--rows`` / ``--reuse``; the trainers unchanged): "
+        "\n\nMeasured by different runs of this benchmark (`--rows` / `--reuse`; the trainers unchanged): "
         + "; ".join(f"{labelled} labelled, {name}: {date}" for (labelled, name), date in dates.items()) + ".")
     gain_table = "" if not gain_rows else ("\n\nGain of each stage (per-seed differences):\n\n"
                                            + format_table(gain_rows, list(gain_rows[0])))
