@@ -206,9 +206,15 @@ def earlier_run(path: Path | None, budget: str, seeds: list[int], on: str, score
     return earlier
 
 
+def run_stamp(machine: dict[str, Any]) -> str:
+    """A run's date and CPU, which the table names for each row when its rows come from several runs."""
+    return f"{machine['date']} ({machine['cpu']})"
+
+
 def measured_on(earlier: dict[str, Any], labelled: str, name: str) -> str:
-    """When the earlier run's row ``name`` of a labelled setting was measured (that run may have reused it too)."""
-    return earlier.get("measured", {}).get(labelled, {}).get(name, earlier["machine"]["date"])
+    """When and where the earlier run's row ``name`` of a labelled setting was measured (that run may have reused
+    it too)."""
+    return earlier.get("measured", {}).get(labelled, {}).get(name, run_stamp(earlier["machine"]))
 
 
 def earlier_curves(earlier: dict[str, Any] | None, labelled: int) -> dict[str, dict]:
@@ -351,7 +357,7 @@ def main() -> None:
         settings[str(n)] = {"labelled patients": labelled[n], "dataset": dataset, "plans": table[0].chain[0].plans,
                             "summaries": {name: summarise(values) for name, values in per_seed.items()},
                             "per_seed": per_seed, "gains": gains(per_seed, [row.name for row in table])}
-        dates[str(n)] = {row.name: machine["date"] if row in measured else measured_on(earlier, str(n), row.name)
+        dates[str(n)] = {row.name: run_stamp(machine) if row in measured else measured_on(earlier, str(n), row.name)
                          for row in present}
         reused_curves = earlier_curves(earlier, n)
         curves[n] = {row.name: segmentation_curves(row, run.folder / f"seed{args.seeds[0]}") if row in measured

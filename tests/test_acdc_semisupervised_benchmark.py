@@ -124,7 +124,7 @@ def test_smoke_budget_reports_every_row_and_resumes(acdc_dir, tmp_path, monkeypa
     assert reused["settings"]["1"]["per_seed"] == setting["per_seed"] and reused["settings"]["5"] == other
     assert [(row["labelled"], row["method"]) for row in reused["results"]] == [(n, r) for n in "15" for r in ROWS]
     assert reused["curves_setting"] == 1 and reused["curves_first_seed"] == payload["curves_first_seed"]
+    first_run, this_run = (f"{p['machine']['date']} ({p['machine']['cpu']})" for p in (payload, reused))
     dates = {n: {name: reused["measured"][n][name] for name in ROWS} for n in "15"}
-    assert dates == {"1": {**{name: payload["machine"]["date"] for name in ROWS[:2]},
-                           **{name: reused["machine"]["date"] for name in ROWS[2:]}},
-                     "5": {name: payload["machine"]["date"] for name in ROWS}}
+    assert dates == {"1": {**{name: first_run for name in ROWS[:2]}, **{name: this_run for name in ROWS[2:]}},
+                     "5": {name: first_run for name in ROWS}}
