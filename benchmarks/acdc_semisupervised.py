@@ -6,7 +6,7 @@ exists (an interrupted one resumes from its latest checkpoint) and every evaluat
 can also grow over several runs (a work folder that does not outlive its machine): ``--rows`` trains and scores
 only some rows (e.g. ``consistency recipe`` after a change to stage 2), and ``--reuse`` adds an earlier run's rows
 and labelled settings that this run does not measure, from its JSON, which must match the budget, schedules, seeds
-and scored patients; the table then names each row's date.
+and scored patients; the table then names each row's run (date and CPU).
 
 1. Data: the WSL4MIS HDF5 volumes (``--data``) converted once by ``convert_h5 --mode 2d`` with ``--splits`` (default
    the folder's ``splits_heldout.json``: train 60 / val 10 / test 10 patients). Per labelled setting N of
