@@ -100,6 +100,11 @@ def trainer_schedules(budget: str) -> dict[str, Any]:
     return {stage: schedule_of(trainer) for stage, trainer in TRAINERS[budget].items()}
 
 
+def schedule_fields(budget: str) -> dict[str, dict[str, Any]]:
+    """Each stage's schedule as the JSON records it (and ``--reuse`` compares it)."""
+    return {stage: schedule._asdict() for stage, schedule in trainer_schedules(budget).items()}
+
+
 def describe(budget: str) -> str:
     """The budget in one line: plans edits and the iterations of every row."""
     edits = BUDGETS[budget]
@@ -192,8 +197,7 @@ def earlier_run(path: Path | None, budget: str, seeds: list[int], on: str, score
         earlier = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"--reuse {path}: cannot read it as JSON ({e})") from e
-    schedules = json.loads(json.dumps({stage: s._asdict() for stage, s in trainer_schedules(budget).items()}))
-    expected = {"budget": describe(budget), "schedules": schedules, "seeds": seeds, "on": on,
+    expected = {"budget": describe(budget), "schedules": json.loads(json.dumps(schedule_fields(budget))), "seeds": seeds, "on": on,
                 "scored patients": scored}
     for key, value in expected.items():
         if earlier.get(key) != value:
@@ -377,7 +381,7 @@ def main() -> None:
     scored_patients = sorted({case_name(image).split("_frame")[0] for image in images})
     payload = {"budget": describe(args.budget), "seeds": args.seeds, "splits": str(splits_file), "on": args.on,
                "scored patients": scored_patients, "slices": len(images), "checkpoint": CHECKPOINT,
-               "schedules": {stage: s._asdict() for stage, s in trainer_schedules(args.budget).items()},
+               "schedules": schedule_fields(args.budget),
                "preparation_seconds": preparation, "machine": machine, "measured": dates, "results": results,
                "settings": settings, "targets": checks, "curves_setting": curves_setting,
                "curves_first_seed": curves[curves_setting]}
