@@ -33,7 +33,7 @@ setup(
     extras_require={
         # CUDA kernels; build them as their README says (--no-build-isolation). Optional: the pure path always works.
         "cuda": ["mamba-ssm>=2.2,<3", "causal-conv1d>=1.4,<2"],
-        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "pytest-xdist>=3.6,<4"],
         # Baselines measured by benchmarks/ssm_speed.py.
         "bench": ["mambapy==1.2.0"],
     },

@@ -6,7 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Set before torch (and OpenMP) load, inherited by the command lines the tests start: the xdist workers of pytest.ini
+# share the cores, and busy-waiting OpenMP threads would slow each other several-fold.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 from helpers.scan_paths import use_scan
 from helpers.scribble_nnunet import scribble_environment
 
@@ -14,10 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 ACDC_DIR = Path(os.environ.get("NNUNETV2_MAMBA_ACDC", REPO.parent / "shared" / "data" / "acdc_scribble"))
 
 
+THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture

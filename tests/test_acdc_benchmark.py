@@ -9,23 +9,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from helpers.benchmark_scripts import BENCHMARKS, run_script
 from scipy import ndimage
 
 from nnunetv2_mamba.data.convert_h5 import convert_h5
 
 pytestmark = [pytest.mark.slow, pytest.mark.acdc]
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "acdc_scribble.py"
-QUALITY_SCRIPT = SCRIPT.with_name("pseudo_label_quality.py")
-WEIGHTS_SCRIPT = SCRIPT.with_name("ensemble_weights.py")
 METHODS = {"nnU-Net (scribbles)", "nnU-Net (scribbles), equal wall-clock", "WeakMamba ensemble",
            "WeakMamba cnn alone", "WeakMamba vit alone", "WeakMamba mamba alone", "nnU-Net (dense, upper bound)",
            "MambaUNet alone (scribbles)", "SwinUNet alone (scribbles)"}
@@ -62,7 +58,7 @@ def largest_components(segmentation: np.ndarray) -> np.ndarray:
 
 
 def test_error_breakdown_splits_false_positives_by_their_distance_to_the_heart(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     from acdc_scribble import error_breakdown
 
     reference, prediction = np.zeros((2, 32, 32), np.uint8), np.zeros((2, 32, 32), np.uint8)
@@ -83,7 +79,7 @@ def test_error_breakdown_splits_false_positives_by_their_distance_to_the_heart(t
 
 
 def test_pseudo_label_quality_splits_misses_by_depth_and_scores_the_supervised_pixels(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     from pseudo_label_quality import score
 
     truth, label = torch.zeros(1, 1, 12, 12, dtype=torch.long), torch.zeros(1, 1, 12, 12, dtype=torch.long)
@@ -102,19 +98,13 @@ def test_pseudo_label_quality_splits_misses_by_depth_and_scores_the_supervised_p
         "FN whole": 0.1, "FP": 0.025, "left out": 0.15}
 
 
-def run_benchmark(arguments: list[str], script: Path = SCRIPT) -> str:
-    result = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
-    return result.stdout
-
-
 def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
     images, labels = own_test_slices(acdc_dir, tmp_path / "test")
     work = tmp_path / "work"
     arguments = ["--budget", "smoke", "--patients", "1", "--processes", "1", "--ablation", "--data", str(acdc_dir),
                  "--work", str(work), "--test-images", str(images), "--test-labels", str(labels), "--device", "cpu",
                  "--seeds", "0"]
-    first = run_benchmark(arguments)
+    first = run_script("acdc_scribble", arguments)
     # WeakMamba, baseline, equal wall-clock baseline, dense upper bound, two ablation networks
     assert first.count("nnUNetv2_train") == 6
     preparation = json.loads((work / "preparation.json").read_text())
@@ -158,8 +148,8 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
     assert table.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     quality = work / "pseudo_label_quality.json"
-    run_benchmark(["--budget", "smoke", "--work", str(work), "--crops", "4", "--margins", "1", "--out", str(quality)],
-                  QUALITY_SCRIPT)
+    run_script("pseudo_label_quality",
+               ["--budget", "smoke", "--work", str(work), "--crops", "4", "--margins", "1", "--out", str(quality)])
     rows = {row["pseudo label"]: row for row in json.loads(quality.read_text())["rows"]}
     cleaned = ", scribbled components"  # the default configuration's rule, which the smoke variant trains with
     assert set(rows) == {"cnn alone", "vit alone", "mamba alone", "mix (random weights)",
@@ -173,8 +163,8 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
     # 1 where an untrained mix is all boundary
     assert 0 <= rows[f"mix (random weights){cleaned}, margin 1"]["left out"] <= 1
 
-    run_benchmark(["--budget", "smoke", "--work", str(work), "--test-images", str(images), "--test-labels", str(labels),
-                   "--step", "0.5"], WEIGHTS_SCRIPT)
+    run_script("ensemble_weights", ["--budget", "smoke", "--work", str(work), "--test-images", str(images),
+                                    "--test-labels", str(labels), "--step", "0.5"])
     (weights,) = (work / "smoke").glob("ensemble_weights_smoke_test-*_seed0.json")
     weights = json.loads(weights.read_text())
     assert [row["weights"] for row in weights["results"]] == ["equal weights", "cross-fitted",
@@ -186,6 +176,6 @@ def test_smoke_budget_reports_every_method_and_resumes(acdc_dir, tmp_path):
     assert weights["members"] == ["cnn", "vit", "mamba"] and len(weights["groups"]) == 2
     assert all(len(c["weights"]) == 3 and math.isclose(sum(c["weights"]), 1) for c in weights["chosen"])
 
-    second = run_benchmark(arguments)
+    second = run_script("acdc_scribble", arguments)
     assert "nnUNetv2_train" not in second and "nnUNetv2_predict" not in second and "convert ..." not in second
     assert json.loads(table.with_suffix(".json").read_text())["per_seed"] == results["per_seed"]
