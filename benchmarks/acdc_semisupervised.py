@@ -197,7 +197,7 @@ def earlier_run(path: Path | None, budget: str, seeds: list[int], on: str, score
         earlier = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"--reuse {path}: cannot read it as JSON ({e})") from e
-    expected = {"budget": describe(budget), "schedules": json.loads(json.dumps(schedule_fields(budget))), "seeds": seeds, "on": on,
+    expected = {"budget": describe(budget), "schedules": schedule_fields(budget), "seeds": seeds, "on": on,
                 "scored patients": scored}
     for key, value in expected.items():
         if earlier.get(key) != value:
