@@ -750,7 +750,7 @@ def plot(rows: list[dict[str, Any]], classes: list[str], curves: dict[str, dict]
     bars.set_xticks(range(len(groups)), groups)
     bars.set_ylim(0, 1)
     bars.set_title("per-volume Dice on the test set (mean ± sd over seeds)")
-    bars.legend(fontsize=7)
+    bars.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)  # below: bars reach 1
     for name, curve in curves.items():
         iterations = (np.arange(len(curve["mean_fg_dice"])) + 1) * iterations_per_epoch
         line, = dice.plot(iterations, curve["mean_fg_dice"], label=name)
